@@ -1,0 +1,36 @@
+"""User-facing errors: the CLI prints these as one line and exits non-zero."""
+from __future__ import annotations
+
+
+class UhrError(Exception):
+    """An expected failure caused by input, configuration or environment.
+
+    exit_code follows sysexits loosely: 2 usage, 65 bad data, 66 missing input,
+    73 cannot create output, 74 I/O error.
+    """
+
+    exit_code = 1
+
+
+class UsageError(UhrError):
+    exit_code = 2
+
+
+class InputError(UhrError):
+    """The input exists but cannot be read as what it claims to be."""
+
+    exit_code = 65
+
+
+class MissingInputError(UhrError):
+    exit_code = 66
+
+
+class OutputError(UhrError):
+    """The output cannot be created (exists, unwritable folder, disk full)."""
+
+    exit_code = 73
+
+
+class CheckpointError(UhrError):
+    exit_code = 65

@@ -1,0 +1,7 @@
+"""Model registry. Importing this package registers every built-in network."""
+from .base import ModelInfo, default_class_names, default_palette
+from .registry import UnknownModelError, create_model, list_models, register_model
+from . import fcn  # noqa: F401  (registers fcn-tiny)
+
+__all__ = ["ModelInfo", "create_model", "list_models", "register_model", "UnknownModelError",
+           "default_class_names", "default_palette"]

@@ -1,0 +1,43 @@
+"""A small fully convolutional network: the cheapest registry model.
+
+It exists so the streaming engine can be exercised and benchmarked without a
+heavy network, and so tiled-versus-whole equality can be tested exactly.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .base import ModelInfo, default_class_names, default_palette
+from .registry import register_model
+
+
+class TinyFCN(nn.Module):
+    """conv-BN-ReLU stack with one stride-2 stage and bilinear upsampling."""
+
+    def __init__(self, num_classes: int = 2, in_chans: int = 3, width: int = 16, depth: int = 3):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(in_chans, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+        layers += [nn.Conv2d(width, width * 2, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(width * 2), nn.ReLU(inplace=True)]
+        for _ in range(depth - 1):
+            layers += [nn.Conv2d(width * 2, width * 2, 3, padding=1, bias=False), nn.BatchNorm2d(width * 2), nn.ReLU(inplace=True)]
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Conv2d(width * 2, num_classes, 1)
+        # receptive field: 3 (first conv) + 2 (s2 conv) + 4*(depth-1) (s1 convs at stride 2), +2 for bilinear up
+        rf = 1 + 2 + 2 + 4 * (depth - 1) + 2
+        self.info = ModelInfo(
+            name="fcn-tiny", num_classes=num_classes, class_names=default_class_names(num_classes),
+            palette=default_palette(num_classes), in_channels=in_chans,
+            receptive_field=rf, size_multiple=2,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        y = self.classifier(self.features(x))
+        return F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False)
+
+
+@register_model("fcn-tiny")
+def fcn_tiny(num_classes: int = 2, in_chans: int = 3, **kw) -> TinyFCN:
+    return TinyFCN(num_classes=num_classes, in_chans=in_chans, **kw)
