@@ -5,3 +5,6 @@ from . import fcn  # noqa: F401  (registers fcn-tiny)
 
 __all__ = ["ModelInfo", "create_model", "list_models", "register_model", "UnknownModelError",
            "default_class_names", "default_palette"]
+from .checkpoint import build_model, load_checkpoint, save_checkpoint  # noqa: E402
+
+__all__ += ["build_model", "load_checkpoint", "save_checkpoint"]
