@@ -1,0 +1,204 @@
+"""The streaming engine: read tiles, run a predictor, merge, write; in bounded memory.
+
+Three stages overlap: a reader thread reads and normalises tiles ahead (a
+bounded queue caps what is in flight), the calling thread runs the model on
+batches, a writer thread merges results into the scratch store. Finished
+work is recorded in the scratch store as it lands, so an interrupted run
+resumes where it stopped and produces the same bytes.
+"""
+from __future__ import annotations
+
+import queue
+import resource
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from .errors import InputError, UhrError
+from .io.readers import RasterReader
+from .io.scaling import Scaler, normalise
+from .merge import BlendMerger, CropMerger
+from .scratch import Scratch
+from .tiling import Tile, TileGrid
+
+_STOP = object()
+
+
+@dataclass
+class EngineStats:
+    pixels: int = 0  # output pixels produced in this run (resumed ones excluded)
+    tiles: int = 0
+    tiles_skipped_nodata: int = 0
+    tiles_resumed: int = 0
+    seconds: float = 0.0
+    model_seconds: float = 0.0
+    read_seconds: float = 0.0
+    write_seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def mpix_per_s(self) -> float:
+        return self.pixels / 1e6 / self.seconds if self.seconds > 0 else 0.0
+
+
+def peak_rss_mb() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return ru / 1024.0 if sys.platform != "darwin" else ru / 1e6
+
+
+class Preprocess:
+    """Raw pixels -> normalised float32 model input, identical for every tile."""
+
+    def __init__(self, scaler: Scaler, mean: Sequence[float], std: Sequence[float]):
+        self.scaler, self.mean, self.std = scaler, mean, std
+
+    def __call__(self, raw: np.ndarray) -> np.ndarray:
+        return normalise(self.scaler(raw), self.mean, self.std).astype(np.float32, copy=False)
+
+
+def _reader_thread(reader: RasterReader, tiles: list[Tile], preprocess: Preprocess, out: queue.Queue,
+                   stop: threading.Event, stats: EngineStats) -> None:
+    try:
+        for t in tiles:
+            if stop.is_set():
+                break
+            t0 = time.perf_counter()
+            valid = reader.read_mask(t.read)
+            if valid is not None:
+                sr, sc = t.core_in_tile
+                if not valid[sr, sc].any():
+                    stats.read_seconds += time.perf_counter() - t0
+                    out.put((t, None, valid))
+                    continue
+            x = preprocess(reader.read(t.read))
+            stats.read_seconds += time.perf_counter() - t0
+            out.put((t, x, valid))
+    except UhrError as exc:
+        out.put(exc)
+        return
+    except Exception as exc:  # noqa: BLE001 - a decoder failure mid-file: the input is damaged
+        out.put(InputError(f"{reader.path}: failed to read pixels near row {int(t.read.row_off)}, "
+                           f"column {int(t.read.col_off)}: the file is corrupt or truncated ({str(exc)[:160]})"))
+        return
+    except BaseException as exc:  # noqa: BLE001 - forwarded to the main thread
+        out.put(exc)
+        return
+    out.put(_STOP)
+
+
+def _writer_thread(merger, inq: queue.Queue, stats: EngineStats, errors: list, on_tile: Callable[[Tile], None]) -> None:
+    while True:
+        item = inq.get()
+        if item is _STOP:
+            return
+        try:
+            t0 = time.perf_counter()
+            tile, probs, valid = item
+            merger.add(tile, probs, valid)
+            stats.write_seconds += time.perf_counter() - t0
+            on_tile(tile)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+            # drain so the producer never blocks on a dead consumer
+            while inq.get() is not _STOP:
+                pass
+            return
+
+
+def run_tiles(reader: RasterReader, grid: TileGrid, predictor, preprocess: Preprocess, scratch: Scratch,
+              merge: str = "crop", batch_size: int = 1, prefetch: int = 2,
+              on_tile: Callable[[Tile], None] | None = None, blend_margin: int | None = None) -> EngineStats:
+    """Run every pending tile of `grid` through `predictor` into `scratch`."""
+    stats = EngineStats()
+    if merge == "blend":
+        merger = BlendMerger(grid, scratch, predictor.num_classes, margin=blend_margin)
+    else:
+        merger = CropMerger(grid, scratch)
+    tiles = merger.pending()
+    stats.tiles_resumed = len(grid) - len(tiles)
+    on_tile = on_tile or (lambda t: None)
+    start = time.perf_counter()
+    if not tiles:
+        return stats
+
+    readq: queue.Queue = queue.Queue(maxsize=max(2, prefetch * batch_size))
+    writeq: queue.Queue = queue.Queue(maxsize=max(2, prefetch * batch_size))
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    rt = threading.Thread(target=_reader_thread, args=(reader, tiles, preprocess, readq, stop, stats), daemon=True,
+                          name="uhr-reader")
+    wt = threading.Thread(target=_writer_thread, args=(merger, writeq, stats, errors, on_tile), daemon=True,
+                          name="uhr-writer")
+    rt.start()
+    wt.start()
+
+    def flush(batch: list[tuple[Tile, np.ndarray, Any]]) -> None:
+        t0 = time.perf_counter()
+        probs = predictor(np.stack([b[1] for b in batch]), [b[0] for b in batch])
+        stats.model_seconds += time.perf_counter() - t0
+        for (tile, _, valid), p in zip(batch, probs):
+            _put(writeq, (tile, p, valid), errors)
+            stats.tiles += 1
+            stats.pixels += int(tile.core.width * tile.core.height)
+
+    try:
+        batch: list = []
+        while True:
+            item = readq.get()
+            if item is _STOP:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            if errors:
+                raise errors[0]
+            tile, x, valid = item
+            if x is None:
+                _put(writeq, (tile, None, valid), errors)
+                stats.tiles_skipped_nodata += 1
+                stats.pixels += int(tile.core.width * tile.core.height)
+                continue
+            batch.append(item)
+            if len(batch) >= batch_size:
+                flush(batch)
+                batch = []
+        if batch:
+            flush(batch)
+    except BaseException:
+        stop.set()
+        _drain(readq)
+        writeq.put(_STOP)
+        wt.join()
+        rt.join(timeout=5)
+        raise
+    writeq.put(_STOP)
+    wt.join()
+    rt.join()
+    if errors:
+        raise errors[0]
+    merger.finish()
+    stats.seconds = time.perf_counter() - start
+    return stats
+
+
+def _put(q: queue.Queue, item: Any, errors: list) -> None:
+    while True:
+        if errors:
+            raise errors[0]
+        try:
+            q.put(item, timeout=0.5)
+            return
+        except queue.Full:
+            continue
+
+
+def _drain(q: queue.Queue) -> None:
+    try:
+        while True:
+            q.get_nowait()
+    except queue.Empty:
+        pass

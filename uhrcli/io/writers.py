@@ -1,0 +1,199 @@
+"""Final outputs, streamed from the scratch store in row strips.
+
+Every file is written under a temporary name beside its target and moved into
+place only when complete, so an interrupted or failed run never leaves a
+half-written output where a finished one is expected.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from ..errors import OutputError, UsageError
+
+FORMATS = ("tif", "cog", "zarr", "png")
+NODATA = 255
+PNG_MAX_PIXELS = 100_000_000
+STRIP = 512
+
+
+@dataclass
+class OutputSpec:
+    height: int
+    width: int
+    class_names: tuple[str, ...]
+    palette: tuple[tuple[int, int, int], ...]
+    crs: Any = None
+    transform: Any = None
+    nodata: int = NODATA
+    compress: str = "deflate"
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def infer_format(path: Path, fmt: str | None) -> str:
+    if fmt:
+        fmt = fmt.lower()
+        if fmt not in FORMATS:
+            raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        return fmt
+    suffix = path.suffix.lower()
+    return {".zarr": "zarr", ".png": "png", ".tif": "tif", ".tiff": "tif"}.get(suffix, "tif")
+
+
+def output_suffix(fmt: str) -> str:
+    return {"tif": ".tif", "cog": ".tif", "zarr": ".zarr", "png": ".png"}[fmt]
+
+
+def probs_path(target: Path, fmt: str) -> Path:
+    if fmt == "zarr":
+        return target  # probabilities live in the same zarr group
+    return target.with_name(target.stem + "_probs" + target.suffix)
+
+
+def temp_path(target: Path) -> Path:
+    return target.with_name(f".{target.name}.uhr-tmp")
+
+
+def check_target(target: Path, overwrite: bool) -> None:
+    """Refuse an existing output (unless overwrite) and an unwritable folder, before any work."""
+    parent = target.parent if str(target.parent) else Path(".")
+    if target.exists() and not overwrite:
+        raise OutputError(f"output exists: {target} (pass --overwrite to replace it)")
+    if target.exists() and target.is_dir() and target.suffix != ".zarr":
+        raise OutputError(f"output is a directory: {target}")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create output folder {parent}: {exc.strerror or exc}") from None
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"output folder is not writable: {parent}")
+
+
+def commit(tmp: Path, target: Path) -> None:
+    """Move a finished temporary output into place (replacing an old one only now)."""
+    if target.exists() or target.is_symlink():
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        else:
+            target.unlink()
+    os.replace(tmp, target)
+
+
+def discard(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        try:
+            path.unlink()
+        except OSError:
+            pass
+
+
+def strips(height: int, step: int = STRIP) -> Iterator[tuple[int, int]]:
+    for r in range(0, height, step):
+        yield r, min(r + step, height)
+
+
+def _gtiff_profile(spec: OutputSpec, count: int, nodata: int | None) -> dict[str, Any]:
+    big = spec.height * spec.width * count > 3_500_000_000
+    prof: dict[str, Any] = dict(
+        driver="GTiff", width=spec.width, height=spec.height, count=count, dtype="uint8",
+        tiled=True, blockxsize=512, blockysize=512, compress=spec.compress, predictor=2,
+        bigtiff="YES" if big else "IF_SAFER", nodata=nodata,
+    )
+    if spec.crs is not None:
+        prof["crs"] = spec.crs
+    if spec.transform is not None:
+        prof["transform"] = spec.transform
+    return prof
+
+
+def write_geotiff(tmp: Path, spec: OutputSpec, read_strip: Callable[[int, int], np.ndarray], count: int,
+                  colormap: bool, descriptions: list[str], nodata: int | None) -> None:
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.Env(GDAL_CACHEMAX=64), rasterio.open(tmp, "w", **_gtiff_profile(spec, count, nodata)) as dst:
+            for r0, r1 in strips(spec.height):
+                block = read_strip(r0, r1)
+                if block.ndim == 2:
+                    block = block[None]
+                dst.write(block, window=((r0, r1), (0, spec.width)))
+            if colormap:
+                cmap = {i: tuple(c) + (255,) for i, c in enumerate(spec.palette)}
+                cmap[spec.nodata] = (0, 0, 0, 0)
+                dst.write_colormap(1, cmap)
+            for i, d in enumerate(descriptions, start=1):
+                dst.set_band_description(i, d)
+            tags = {"class_names": json.dumps(list(spec.class_names)), **spec.tags}
+            tags.update({f"class_{i}": n for i, n in enumerate(spec.class_names)})
+            dst.update_tags(**tags)
+
+
+def to_cog(src: Path, tmp: Path, resampling: str) -> None:
+    """Re-pack a tiled GeoTIFF as a Cloud Optimized GeoTIFF with overviews."""
+    import rasterio
+    from rasterio.shutil import copy as rio_copy
+
+    with rasterio.Env(GDAL_CACHEMAX=64, GDAL_NUM_THREADS="ALL_CPUS"):
+        rio_copy(src, tmp, driver="COG", COMPRESS="DEFLATE", PREDICTOR="YES", BLOCKSIZE=512,
+                 OVERVIEW_RESAMPLING=resampling, BIGTIFF="IF_SAFER")
+
+
+def write_png(tmp: Path, spec: OutputSpec, image: np.ndarray, palette: bool) -> None:
+    from PIL import Image
+
+    if spec.height * spec.width > PNG_MAX_PIXELS:
+        raise UsageError(f"PNG output is for small images ({spec.height}x{spec.width} is too large): use --format tif, cog or zarr")
+    if image.ndim == 3 and image.shape[0] == 1:
+        image = image[0]
+    if image.ndim == 3:
+        im = Image.fromarray(np.moveaxis(image, 0, -1))
+    else:
+        im = Image.fromarray(image, mode="L")
+    if palette:
+        im = im.convert("P") if im.mode != "P" else im
+        pal = np.zeros((256, 3), np.uint8)
+        pal[: len(spec.palette)] = np.asarray(spec.palette, np.uint8)
+        im.putpalette(pal.reshape(-1).tolist())
+        im.save(tmp, format="PNG", transparency=spec.nodata)
+    else:
+        im.save(tmp, format="PNG")
+
+
+def write_zarr(tmp: Path, spec: OutputSpec, classes: Callable[[int, int], np.ndarray],
+               probs: Callable[[int, int], np.ndarray] | None, num_classes: int) -> None:
+    import zarr
+
+    root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+    attrs: dict[str, Any] = {
+        "class_names": list(spec.class_names), "palette": [list(p) for p in spec.palette],
+        "nodata": spec.nodata, "producer": "uhr", **spec.tags,
+    }
+    if spec.crs is not None:
+        attrs["crs"] = spec.crs.to_wkt()
+    if spec.transform is not None:
+        attrs["transform"] = list(spec.transform)[:6]
+    root.attrs.update(attrs)
+    chunks = (min(512, spec.height), min(512, spec.width))
+    arr = root.create_array("classes", shape=(spec.height, spec.width), chunks=chunks, dtype="uint8",
+                            fill_value=spec.nodata, dimension_names=["y", "x"])
+    arr.attrs.update({k: attrs[k] for k in attrs if k != "producer"})
+    parr = None
+    if probs is not None:
+        parr = root.create_array("probs", shape=(num_classes, spec.height, spec.width), chunks=(1,) + chunks,
+                                 dtype="uint8", fill_value=0, dimension_names=["class", "y", "x"])
+        parr.attrs.update({"scale": 1 / 255, "class_names": list(spec.class_names)})
+    for r0, r1 in strips(spec.height):
+        arr[r0:r1] = classes(r0, r1)
+        if parr is not None:
+            parr[:, r0:r1] = probs(r0, r1)
