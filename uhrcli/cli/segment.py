@@ -1,0 +1,60 @@
+"""`uhr segment`: parse, call uhrcli.segment.segment, print a summary."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from ..segment import DEFAULT_TILE, SegmentOptions, default_model_name, segment
+from .common import app, console, console_err, parse_int_list
+from .progress import pixel_progress
+
+
+@app.command("segment")
+def segment_cmd(
+    inputs: List[Path] = typer.Argument(..., help="Raster file(s) or folder(s): GeoTIFF/TIFF/JP2/VRT, zarr, PNG/JPEG."),
+    output: Path = typer.Option(..., "-o", "--output", help="Output file, or a directory for several inputs."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=f"Registry model (default {default_model_name()}, or the checkpoint's)."),
+    weights: Optional[str] = typer.Option(None, "--weights", "-w", help="Checkpoint file, or 'random' for an untrained dry run."),
+    tile: int = typer.Option(DEFAULT_TILE, "--tile", help="Tile size in pixels (rounded up to the model's stride)."),
+    halo: Optional[int] = typer.Option(None, "--halo", help="Context margin per side (default: the model's receptive field)."),
+    merge: str = typer.Option("crop", "--merge", help="crop (keep tile cores) or blend (cosine seams)."),
+    batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, help="Tiles per forward pass."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="fp16 autocast (CUDA/MPS only; default on for CUDA)."),
+    fmt: Optional[str] = typer.Option(None, "--format", "-f", help="tif, cog, zarr or png (default from the output suffix)."),
+    probs: bool = typer.Option(False, "--probs", help="Also write per-class probabilities (uint8, x/255)."),
+    bands: Optional[str] = typer.Option(None, "--bands", help="1-based bands to use, e.g. 1,2,3 or 4,3,2."),
+    stretch: str = typer.Option("auto", "--stretch", help="auto, none, minmax or percentile[:LOW,HIGH] for non-8-bit data."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
+    resume: bool = typer.Option(False, "--resume", help="Finish an interrupted run from its scratch store."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+) -> None:
+    """Segment rasters of any size into georeferenced class maps, tile by tile in bounded memory."""
+    if weights == "random" and not quiet:
+        console_err.print("[yellow]warning:[/yellow] --weights random: an untrained, seeded model; "
+                          "the map is meaningless (use it for dry runs and speed tests)", highlight=False)
+    opts = SegmentOptions(tile=tile, halo=halo, merge=merge, batch_size=batch_size, fmt=fmt, probs=probs,
+                          bands=parse_int_list(bands, "--bands"), stretch=stretch, overwrite=overwrite,
+                          resume=resume, amp=amp)
+    with pixel_progress("segment", not quiet) as cb:
+        results = segment([str(p) for p in inputs] if len(inputs) > 1 else str(inputs[0]), output, model=model,
+                          weights=weights, device=device, options=opts, progress=cb)
+    if quiet:
+        return
+    table = Table(title=None, show_edge=False, header_style="bold")
+    for col in ("input", "output", "size", "seconds", "MP/s", "peak RSS"):
+        table.add_column(col, justify="right" if col in ("seconds", "MP/s", "peak RSS") else "left")
+    for r in results:
+        note = " (resumed)" if r.resumed else ""
+        table.add_row(r.input.name, str(r.output) + note, f"{r.width}x{r.height}", f"{r.seconds:.1f}",
+                      f"{r.mpix_per_s:.2f}", f"{r.peak_rss_mb:.0f} MB")
+    console.print(table)
+    total_px = sum(r.width * r.height for r in results)
+    total_s = sum(r.seconds for r in results)
+    console.print(f"{len(results)} raster(s), {total_px / 1e6:.1f} MP in {total_s:.1f} s "
+                  f"({total_px / 1e6 / max(total_s, 1e-9):.2f} MP/s), peak RSS {max(r.peak_rss_mb for r in results):.0f} MB",
+                  highlight=False)

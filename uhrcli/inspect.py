@@ -1,0 +1,80 @@
+"""`uhrcli.describe(path)`: what `uhr info` reports, including the memory a run would need."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .io.readers import open_reader
+from .models import create_model, list_models
+from .segment import DEFAULT_TILE, default_model_name
+from .tiling import TileGrid, ceil_to
+
+
+@dataclass
+class MemoryEstimate:
+    """Bytes by component for one `uhr segment` run (CPU RAM, or device memory for the model part)."""
+
+    parts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(self.parts.values())
+
+
+def estimate_memory(height: int, width: int, bands: int, model_name: str, tile: int = DEFAULT_TILE,
+                    batch_size: int = 1, merge: str = "crop", num_classes: int | None = None,
+                    prefetch: int = 2) -> tuple[MemoryEstimate, TileGrid]:
+    """Bounded by tile size, not image size, except the two-scale deep-branch cache."""
+    kw = {} if num_classes is None else {"num_classes": num_classes}
+    model = create_model(model_name, **kw)
+    info = model.info
+    mult = max(1, info.size_multiple)
+    grid = TileGrid(height, width, ceil_to(tile, mult), ceil_to(info.receptive_field, mult), mult)
+    ih, iw = grid.input_shape
+    k = info.num_classes
+    in_flight = (2 * max(2, prefetch * batch_size) + batch_size)  # read queue + write queue + batch
+    parts = {
+        "runtime (python, torch, GDAL cache)": 420 << 20,
+        "model parameters": sum(p.numel() * p.element_size() for p in model.parameters()),
+        "tiles in flight (input + probabilities)": in_flight * (bands * 4 + k * 4 + 1) * ih * iw,
+        "model activations (estimate)": int(info.extra.get("activation_bytes_per_pixel", 96)) * ih * iw * batch_size,
+        "scratch chunk writes": 2 * grid.tile_h * grid.tile_w * (1 + k),
+    }
+    if merge == "blend":
+        parts["blend row buffers"] = 2 * (k + 1) * 4 * grid.tile_h * grid.tile_w
+    est_fn = getattr(model, "estimate_cache_bytes", None)
+    if est_fn is not None:
+        parts["deep-branch cache"] = int(est_fn(height, width))
+    return MemoryEstimate(parts), grid
+
+
+def describe(path: str | os.PathLike, model: str | None = None, tile: int = DEFAULT_TILE) -> dict[str, Any]:
+    reader = open_reader(path, validate=False)
+    try:
+        m = reader.meta
+        d: dict[str, Any] = {
+            "path": str(reader.path), "driver": m.driver, "width": reader.width, "height": reader.height,
+            "bands": reader.source_count, "bands_used": reader.bands, "dtype": str(reader.dtype),
+            "band_names": m.band_names, "block_shape": m.block_shape, "compression": m.compression,
+            "crs": m.crs.to_string() if m.crs is not None else None,
+            "transform": list(m.transform)[:6] if m.transform is not None else None,
+            "nodata": m.nodata, "mask": m.mask_kind, "overviews": m.overviews, **{k: v for k, v in m.extra.items()},
+            "size_on_disk": _size(reader.path),
+        }
+        name = model or default_model_name()
+        est, grid = estimate_memory(reader.height, reader.width, len(reader.bands), name, tile=tile)
+        d["segment_memory"] = {"model": name, "tile": grid.tile_h, "halo": grid.halo, "tiles": len(grid),
+                               "parts": est.parts, "total": est.total}
+        return d
+    finally:
+        reader.close()
+
+
+def _size(p: Path) -> int:
+    if p.is_dir():
+        return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+    return p.stat().st_size
