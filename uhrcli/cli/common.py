@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from .. import __version__
-from ..errors import UhrError
+from ..errors import UhrError, UsageError
 
 console = Console()
 console_err = Console(stderr=True)
@@ -56,9 +56,7 @@ def run_app(app_: typer.Typer) -> None:
     except SystemExit:
         raise
     except Exception as exc:  # click usage errors and everything unexpected
-        import click
-
-        if isinstance(exc, click.ClickException):
+        if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # click/typer usage errors
             exc.show()
             sys.exit(exc.exit_code)
         if isinstance(exc, OSError) and exc.errno == 28:
@@ -80,7 +78,7 @@ def parse_int_list(text: Optional[str], what: str) -> Optional[list[int]]:
     try:
         return [int(t) for t in text.replace(" ", "").split(",") if t]
     except ValueError:
-        raise typer.BadParameter(f"{what} must be comma-separated integers, got {text!r}") from None
+        raise UsageError(f"{what} must be comma-separated integers, got {text!r}") from None
 
 
 def parse_str_list(text: Optional[str]) -> Optional[list[str]]:
