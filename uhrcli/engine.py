@@ -52,12 +52,32 @@ def peak_rss_mb() -> float:
 
 
 class Preprocess:
-    """Raw pixels -> normalised float32 model input, identical for every tile."""
+    """Raw pixels -> normalised float32 model input, identical for every tile.
+
+    8- and 16-bit data go through a per-band lookup table (scaling and
+    normalisation folded into one gather): on a 2-core CPU the arithmetic
+    version cost as much as reading the tile.
+    """
 
     def __init__(self, scaler: Scaler, mean: Sequence[float], std: Sequence[float]):
         self.scaler, self.mean, self.std = scaler, mean, std
+        self._luts: dict[np.dtype, np.ndarray] = {}
+
+    def _lut(self, dtype: np.dtype) -> np.ndarray:
+        if dtype not in self._luts:
+            levels = np.arange(np.iinfo(dtype).max + 1, dtype=np.int64)
+            bands = len(self.scaler.offset)
+            grid = np.broadcast_to(levels.astype(dtype), (bands, 1, levels.size))
+            self._luts[dtype] = np.ascontiguousarray(normalise(self.scaler(grid), self.mean, self.std)[:, 0])
+        return self._luts[dtype]
 
     def __call__(self, raw: np.ndarray) -> np.ndarray:
+        if raw.dtype in (np.uint8, np.uint16):
+            lut = self._lut(raw.dtype)
+            out = np.empty(raw.shape, np.float32)
+            for b in range(raw.shape[0]):
+                np.take(lut[b], raw[b], out=out[b])
+            return out
         return normalise(self.scaler(raw), self.mean, self.std).astype(np.float32, copy=False)
 
 
@@ -120,6 +140,8 @@ def run_tiles(reader: RasterReader, grid: TileGrid, predictor, preprocess: Prepr
     else:
         merger = CropMerger(grid, scratch)
     tiles = merger.pending()
+    if hasattr(predictor, "classes_only"):
+        predictor.classes_only = merge == "crop" and scratch.probs is None
     stats.tiles_resumed = len(grid) - len(tiles)
     on_tile = on_tile or (lambda t: None)
     start = time.perf_counter()

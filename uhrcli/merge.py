@@ -27,8 +27,11 @@ def to_uint8_probs(p: np.ndarray) -> np.ndarray:
 
 
 def encode(probs: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
-    """Class map from probabilities (K,h,w); K == 1 means a binary foreground probability."""
-    cls = (probs[0] >= 0.5).astype(np.uint8) if probs.shape[0] == 1 else probs.argmax(0).astype(np.uint8)
+    """Class map from probabilities (K,h,w) (K == 1: binary foreground), or from a uint8 class map (1,h,w)."""
+    if probs.dtype == np.uint8:
+        cls = probs[0].copy()
+    else:
+        cls = (probs[0] >= 0.5).astype(np.uint8) if probs.shape[0] == 1 else probs.argmax(0).astype(np.uint8)
     if valid is not None:
         cls[~valid] = NODATA
     return cls

@@ -28,6 +28,19 @@ def logits_to_probs(logits: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
 
 
+def logits_to_output(logits: torch.Tensor, classes_only: bool) -> np.ndarray:
+    """Probabilities (B,K,h,w) float32, or, when only the class map is wanted, (B,1,h,w) uint8.
+
+    The class map is taken on the device: far cheaper than shipping K float
+    maps to the host and reducing them there.
+    """
+    logits = logits.float()
+    if classes_only:
+        cls = (logits >= 0) if logits.shape[1] == 1 else logits.argmax(1, keepdim=True)
+        return cls.to(torch.uint8).cpu().numpy()
+    return logits_to_probs(logits).cpu().numpy()
+
+
 class TilePredictor:
     """Runs a fully convolutional model on each tile on its own."""
 
@@ -38,7 +51,7 @@ class TilePredictor:
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.num_classes = model.info.num_classes
-        self.model_seconds = 0.0
+        self.classes_only = False  # set by the engine when no probabilities are needed
 
     def prepare(self, reader, preprocess, grid: TileGrid, progress=None) -> None:
         return None
@@ -50,4 +63,4 @@ class TilePredictor:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.amp):
             logits = self.model(x)
-        return logits_to_probs(logits.float()).cpu().numpy()
+        return logits_to_output(logits, self.classes_only)
