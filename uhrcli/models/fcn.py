@@ -16,7 +16,8 @@ from .registry import register_model
 class TinyFCN(nn.Module):
     """conv-BN-ReLU stack with one stride-2 stage and bilinear upsampling."""
 
-    def __init__(self, num_classes: int = 2, in_chans: int = 3, width: int = 16, depth: int = 3):
+    def __init__(self, num_classes: int = 2, in_chans: int = 3, width: int = 16, depth: int = 3,
+                 task: str = "segment"):
         super().__init__()
         layers: list[nn.Module] = [nn.Conv2d(in_chans, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
         layers += [nn.Conv2d(width, width * 2, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(width * 2), nn.ReLU(inplace=True)]
@@ -26,8 +27,11 @@ class TinyFCN(nn.Module):
         self.classifier = nn.Conv2d(width * 2, num_classes, 1)
         # receptive field: 3 (first conv) + 2 (s2 conv) + 4*(depth-1) (s1 convs at stride 2), +2 for bilinear up
         rf = 1 + 2 + 2 + 4 * (depth - 1) + 2
+        if task not in ("segment", "saliency"):
+            raise ValueError(f"task must be segment or saliency, got {task!r}")
+        names = ("salient",) if task == "saliency" and num_classes == 1 else default_class_names(num_classes)
         self.info = ModelInfo(
-            name="fcn-tiny", num_classes=num_classes, class_names=default_class_names(num_classes),
+            name="fcn-tiny", task=task, num_classes=num_classes, class_names=names,
             palette=default_palette(num_classes), in_channels=in_chans,
             receptive_field=rf, size_multiple=2,
         )
@@ -39,5 +43,8 @@ class TinyFCN(nn.Module):
 
 
 @register_model("fcn-tiny")
-def fcn_tiny(num_classes: int = 2, in_chans: int = 3, **kw) -> TinyFCN:
-    return TinyFCN(num_classes=num_classes, in_chans=in_chans, **kw)
+def fcn_tiny(num_classes: int | None = None, in_chans: int = 3, task: str = "segment", **kw) -> TinyFCN:
+    """task='saliency' gives a one-channel (sigmoid) output: a cheap stand-in for PGNet in tests."""
+    if num_classes is None:
+        num_classes = 1 if task == "saliency" else 2
+    return TinyFCN(num_classes=num_classes, in_chans=in_chans, task=task, **kw)
