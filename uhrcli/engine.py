@@ -93,22 +93,43 @@ def _reader_thread(reader: RasterReader, tiles: list[Tile], preprocess: Preproce
                 sr, sc = t.core_in_tile
                 if not valid[sr, sc].any():
                     stats.read_seconds += time.perf_counter() - t0
-                    out.put((t, None, valid))
+                    _offer(out, stop, (t, None, valid))
                     continue
             x = preprocess(reader.read(t.read))
             stats.read_seconds += time.perf_counter() - t0
-            out.put((t, x, valid))
+            _offer(out, stop, (t, x, valid))
     except UhrError as exc:
-        out.put(exc)
+        _offer(out, stop, exc)
         return
     except Exception as exc:  # noqa: BLE001 - a decoder failure mid-file: the input is damaged
-        out.put(InputError(f"{reader.path}: failed to read pixels near row {int(t.read.row_off)}, "
+        _offer(out, stop, InputError(f"{reader.path}: failed to read pixels near row {int(t.read.row_off)}, "
                            f"column {int(t.read.col_off)}: the file is corrupt or truncated ({str(exc)[:160]})"))
         return
     except BaseException as exc:  # noqa: BLE001 - forwarded to the main thread
-        out.put(exc)
+        _offer(out, stop, exc)
         return
-    out.put(_STOP)
+    _offer(out, stop, _STOP)
+
+
+def prefetch_tiles(reader: RasterReader, tiles: list[Tile], preprocess: Preprocess, depth: int = 2) -> Iterator[tuple[Tile, np.ndarray | None, np.ndarray | None]]:
+    """(tile, normalised input or None if all nodata, validity) in order, read ahead on a thread."""
+    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+    th = threading.Thread(target=_reader_thread, args=(reader, tiles, preprocess, q, stop, EngineStats()),
+                          daemon=True, name="uhr-prefetch")
+    th.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _STOP:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        _drain(q)
+        th.join(timeout=5)
 
 
 def _writer_thread(merger, inq: queue.Queue, stats: EngineStats, errors: list, on_tile: Callable[[Tile], None]) -> None:
@@ -205,6 +226,17 @@ def run_tiles(reader: RasterReader, grid: TileGrid, predictor, preprocess: Prepr
     merger.finish()
     stats.seconds = time.perf_counter() - start
     return stats
+
+
+def _offer(q: queue.Queue, stop: threading.Event, item: Any) -> None:
+    """Put unless the consumer has gone away (stop set): a reader never blocks forever."""
+    while True:
+        try:
+            q.put(item, timeout=0.2)
+            return
+        except queue.Full:
+            if stop.is_set():
+                return
 
 
 def _put(q: queue.Queue, item: Any, errors: list) -> None:
