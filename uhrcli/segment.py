@@ -152,9 +152,12 @@ def segment(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str
     info = net.info
     if info.task != "segment":
         raise UsageError(f"model {info.name} is a {info.task} model; use `uhr {info.task}`")
-    make_pred = getattr(net, "make_predictor", None)
-    predictor = make_pred(dev, amp=amp, channels_last=opts.channels_last) if make_pred else \
-        TilePredictor(net, dev, amp=amp, channels_last=opts.channels_last)
+    if info.two_scale:
+        from .twoscale import TwoScalePredictor
+
+        predictor = TwoScalePredictor(net, dev, amp=amp, channels_last=opts.channels_last)
+    else:
+        predictor = TilePredictor(net, dev, amp=amp, channels_last=opts.channels_last)
     wdigest = weights_digest(weights)
 
     results = []

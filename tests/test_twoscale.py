@@ -1,0 +1,100 @@
+"""Two-scale ISDNet inference: output independent of the tile size, equal to the whole-image forward."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+import tifffile
+import torch
+import zarr
+
+from uhrcli.models import build_model, list_models, save_checkpoint
+from uhrcli.segment import segment
+
+pytestmark = pytest.mark.skipif("isdnet-r18" not in list_models(), reason="isdnet-r18 not registered")
+
+
+@pytest.fixture(scope="module")
+def isd_weights(tmp_path_factory):
+    """Seeded ISDNet with perturbed BN statistics so its output varies across the image."""
+    torch.manual_seed(0)
+    m = build_model("isdnet-r18", "random", num_classes=3)
+    g = torch.Generator().manual_seed(1)
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.copy_(torch.empty_like(mod.running_mean).uniform_(-0.1, 0.1, generator=g))
+            mod.running_var.copy_(torch.empty_like(mod.running_var).uniform_(0.8, 1.2, generator=g))
+    for name, p in m.named_parameters():
+        if name.endswith(("g1", "g2")):  # fusion gates start at 0 in training: open them so fusion matters
+            p.data.fill_(0.5)
+    p = tmp_path_factory.mktemp("isd") / "isd.safetensors"
+    save_checkpoint(m, p, model_kwargs={"num_classes": 3})
+    return p
+
+
+def _mosaic(rgb: np.ndarray, size: int) -> np.ndarray:
+    """A size x size real-texture image (mirrored copies of the aerial crop), (H, W, 3)."""
+    tex = rgb.transpose(1, 2, 0)
+    big = np.concatenate([tex, tex[:, ::-1]], 1)
+    big = np.concatenate([big, big[::-1]], 0)
+    reps = -(-size // big.shape[0])
+    return np.ascontiguousarray(np.tile(big, (reps, reps, 1))[:size, :size])
+
+
+def _probs(path):
+    g = zarr.open_group(str(path), mode="r")
+    return np.asarray(g["classes"][:]), np.asarray(g["probs"][:])
+
+
+def test_decomposition_equals_whole_image_forward(isd_weights, inria_rgb):
+    """Single tile, no halo, size a multiple of 32: the two-scale path is the official whole forward."""
+    from uhrcli.engine import Preprocess
+    from uhrcli.io.readers import open_reader
+    from uhrcli.io.scaling import make_scaler
+    from uhrcli.tiling import TileGrid
+    from uhrcli.twoscale import TwoScalePredictor
+
+    model = build_model(None, isd_weights)
+    img = _mosaic(inria_rgb, 512)
+    import tempfile, os
+
+    with tempfile.TemporaryDirectory() as d:
+        src = os.path.join(d, "x.tif")
+        tifffile.imwrite(src, img)
+        reader = open_reader(src)
+        pre = Preprocess(make_scaler(reader), model.info.mean, model.info.std)
+        grid = TileGrid(512, 512, 512, 0, 32)
+        pred = TwoScalePredictor(model, torch.device("cpu"), channels_last=False)
+        pred.prepare(reader, pre, grid)
+        t = grid.tile(0, 0)
+        x = pre(reader.read(t.read))[None]
+        got = pred(x, [t])
+        reader.close()
+    with torch.inference_mode():
+        ref = torch.softmax(model(torch.from_numpy(x)), 1).numpy()
+    assert np.abs(got - ref).max() < 1e-4
+
+
+def test_tile_size_independence_2448(tmp_path, isd_weights, inria_rgb):
+    src = tmp_path / "big.tif"
+    tifffile.imwrite(src, _mosaic(inria_rgb, 2448), tile=(256, 256), compression="zlib")
+    whole = segment(str(src), tmp_path / "whole.zarr", weights=str(isd_weights), tile=2448, probs=True)[0]
+    tiled = segment(str(src), tmp_path / "tiled.zarr", weights=str(isd_weights), tile=512, probs=True)[0]
+    c1, p1 = _probs(whole.output)
+    c2, p2 = _probs(tiled.output)
+    assert len(np.unique(c1)) >= 2
+    assert np.abs(p1.astype(int) - p2.astype(int)).max() <= 1  # at most 1/255
+    assert (c1 == c2).mean() >= 0.999
+
+
+def test_tile_size_independence_on_real_raster(tmp_path, isd_weights, shared_data):
+    src = shared_data / "aerial_seg" / "deeposlandia_tanzania_sample_img.tif"
+    a = segment(str(src), tmp_path / "a.zarr", weights=str(isd_weights), tile=256, probs=True)[0]
+    b = segment(str(src), tmp_path / "b.zarr", weights=str(isd_weights), tile=640, probs=True)[0]
+    c1, p1 = _probs(a.output)
+    c2, p2 = _probs(b.output)
+    assert np.abs(p1.astype(int) - p2.astype(int)).max() <= 1
+    assert (c1 == c2).mean() >= 0.999
+    with rasterio.open(src) as ds:
+        g = zarr.open_group(str(a.output), mode="r")
+        assert list(g.attrs["transform"]) == list(ds.transform)[:6]

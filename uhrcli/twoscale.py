@@ -1,0 +1,282 @@
+"""Two-scale (bi-path) inference for ISDNet on rasters of any size.
+
+The deep branch sees the whole raster once, shrunk by `down_ratio`; its
+features are cached and every full-resolution tile fuses with the matching
+crop. The operations that are not local in the whole-image forward are made
+image-wide: ASPP's image pooling (a statistics pass over the shrunk view when
+that view is tiled) and the global average pools of both Relation-Aware
+Fusion modules (statistics passes over the full-resolution tiles). With halos
+that cover the shallow path's receptive field, the output does not depend on
+the tile size.
+
+Passes over full-resolution tiles:
+  A  shallow branch -> sums of fuse16's and fuse8's spatial features
+  B  shallow + fuse16 (now exact) -> sum of fuse8's context features
+  C  the real pass (the engine's), everything image-wide
+When the shallow features of all tiles fit the cache budget, A computes them
+once and B and C reuse them.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from rasterio.windows import Window
+
+from .device import autocast
+from .engine import Preprocess, prefetch_tiles
+from .io.readers import RasterReader, reflect_indices
+from .predictors import logits_to_output
+from .tiling import Tile, TileGrid, ceil_to
+
+DEEP_TILE = 1024  # shrunk-view pixels per deep tile when the view is too large for one pass
+DEEP_HALO = 256  # shrunk-view pixels of context per side for tiled deep passes
+DEEP_WHOLE_MAX = 2048 * 2048  # shrunk-view pixels run in one pass
+FEATURE_CACHE_BYTES = 768 << 20
+
+
+@dataclass
+class TwoScaleStats:
+    """Image-wide statistics and timings, for `uhr info`-style reporting and tests."""
+
+    deep_shape: tuple[int, int] = (0, 0)
+    deep_tiled: bool = False
+    deep_source: str = ""
+    shallow_passes: int = 0
+    cached_tiles: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+    gaps: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def decimate(reader: RasterReader, factor: int, height: int, width: int, block: int = 2048) -> tuple[np.ndarray, str]:
+    """The raster sampled at every `factor`-th pixel over [0,height)x[0,width) (mirrored past the edge).
+
+    Uses an overview of exactly that factor when the file has one (GDAL's
+    resampling, not point sampling), else streams blocks of `block` pixels.
+    """
+    hd, wd = height // factor, width // factor
+    ov = getattr(reader, "read_overview", None)
+    if ov is not None and factor in reader.meta.overviews:
+        arr = ov(factor)
+        if arr is not None:
+            rows = reflect_indices(0, hd, arr.shape[1])
+            cols = reflect_indices(0, wd, arr.shape[2])
+            return np.ascontiguousarray(arr[:, rows][:, :, cols]), f"overview 1/{factor}"
+    out = np.empty((reader.count, hd, wd), dtype=reader.dtype)
+    block = ceil_to(block, factor)
+    for r in range(0, height, block):
+        for c in range(0, width, block):
+            h, w = min(block, height - r), min(block, width - c)
+            data = reader.read(Window(c, r, w, h))[:, ::factor, ::factor]
+            out[:, r // factor:r // factor + data.shape[1], c // factor:c // factor + data.shape[2]] = data
+    return out, f"decimated 1/{factor} (streamed)"
+
+
+def _cells(tile: Tile, stride: int) -> tuple[slice, slice]:
+    """Feature cells (at `stride`) of a tile's core, relative to its read window."""
+    r0 = int(tile.core.row_off - tile.read.row_off)
+    c0 = int(tile.core.col_off - tile.read.col_off)
+    r1 = r0 + int(tile.core.height)
+    c1 = c0 + int(tile.core.width)
+    return slice(r0 // stride, -(-r1 // stride)), slice(c0 // stride, -(-c1 // stride))
+
+
+class TwoScalePredictor:
+    """Engine predictor for models with `info.two_scale` (ISDNet)."""
+
+    def __init__(self, model: nn.Module, device: torch.device, amp: bool = False, channels_last: bool = True,
+                 feature_cache_bytes: int = FEATURE_CACHE_BYTES, deep_whole_max: int = DEEP_WHOLE_MAX):
+        self.model = model.to(device).eval()
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.device, self.amp, self.channels_last = device, amp, channels_last
+        self.num_classes = model.info.num_classes
+        self.down = int(model.info.extra.get("down_ratio", 4))
+        self.deep_stride = int(model.info.extra.get("deep_stride", 32))
+        self.classes_only = False
+        self.feature_cache_bytes = feature_cache_bytes
+        self.deep_whole_max = deep_whole_max
+        self.stats = TwoScaleStats()
+        self._deep: torch.Tensor | None = None  # (1, C, hd+2p, wd+2p) padded deep features
+        self._pad = 0
+        self._cache: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._gaps: dict[str, torch.Tensor] = {}
+
+    # ----------------------------------------------------------------------------------------------
+    def _t(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
+        t = torch.as_tensor(x).to(self.device)
+        if t.ndim == 3:
+            t = t[None]
+        return t.contiguous(memory_format=torch.channels_last) if self.channels_last else t
+
+    @torch.inference_mode()
+    def prepare(self, reader: RasterReader, preprocess: Preprocess, grid: TileGrid,
+                progress: Callable | None = None) -> None:
+        t0 = time.perf_counter()
+        self._cache.clear()
+        self._deep_branch(reader, preprocess, grid)
+        self.stats.seconds["deep"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        self._shallow_stats(reader, preprocess, grid)
+        self.stats.seconds["statistics"] = time.perf_counter() - t0
+        self.stats.gaps = dict(self._gaps)
+
+    # -- deep branch ---------------------------------------------------------------------------------
+    def _deep_branch(self, reader: RasterReader, preprocess: Preprocess, grid: TileGrid) -> None:
+        m = self.model
+        hp, wp = ceil_to(reader.height, self.deep_stride), ceil_to(reader.width, self.deep_stride)
+        raw, source = decimate(reader, self.down, hp, wp)
+        view = preprocess(raw)  # (C, hd, wd) normalised
+        hd, wd = view.shape[1:]
+        self.stats.deep_shape, self.stats.deep_source = (hd, wd), source
+        with autocast(self.device, self.amp):
+            if hd * wd <= self.deep_whole_max:
+                c4 = m.deep_backbone(self._t(view)).float()
+                pooled = m.deep_pool(c4) / (c4.shape[-2] * c4.shape[-1])
+                deep = m.deep_head(c4, pooled_mean=pooled).float()
+            else:
+                self.stats.deep_tiled = True
+                deep = self._deep_tiled(view)
+        # context-side GAP of fuse16 over the whole deep map
+        c16 = m.fuse16.context_att.conv_bn_relu(deep)
+        self._gaps["c16"] = c16.float().mean(dim=(2, 3))
+        # pad once so every tile's crop, halo included, lies inside
+        cells = grid.halo // self.deep_stride + 1
+        self._pad = cells
+        self._deep = F.pad(deep.float(), (cells, cells, cells, cells), mode="replicate").contiguous()
+
+    def _deep_tiled(self, view: np.ndarray) -> torch.Tensor:
+        """Backbone over shrunk-view tiles (cores kept), image-wide pooling, then the head over c4 tiles."""
+        m = self.model
+        hd, wd = view.shape[1:]
+        os_ = 8  # backbone output stride on the shrunk view
+        g = TileGrid(hd, wd, DEEP_TILE, DEEP_HALO, os_)
+        c4_full: torch.Tensor | None = None
+        pool_sum = None
+        for t in g:
+            rows = reflect_indices(int(t.read.row_off), int(t.read.row_off + t.read.height), hd)
+            cols = reflect_indices(int(t.read.col_off), int(t.read.col_off + t.read.width), wd)
+            x = view[:, rows][:, :, cols]
+            c4 = m.deep_backbone(self._t(x)).float()
+            sr, sc = _cells(t, os_)
+            core = c4[:, :, sr, sc]
+            if c4_full is None:
+                c4_full = torch.zeros((1, c4.shape[1], hd // os_, wd // os_), dtype=torch.float16)
+            r0, c0 = int(t.core.row_off) // os_, int(t.core.col_off) // os_
+            c4_full[:, :, r0:r0 + core.shape[2], c0:c0 + core.shape[3]] = core.cpu().half()
+            s = core.sum(dim=(2, 3)).double()
+            pool_sum = s if pool_sum is None else pool_sum + s
+        assert c4_full is not None and pool_sum is not None
+        pooled = (pool_sum / (c4_full.shape[2] * c4_full.shape[3])).float().to(self.device)
+        if not self.model.info.extra.get("deep_head_tileable", True):
+            # e.g. PSP's pyramid bins depend on the whole map: run the head once on all of c4
+            return self.model.deep_head(c4_full.float().to(self.device), pooled_mean=pooled).float()
+        # ASPP over c4 tiles: zero padding past the map edge, as the whole-map convolutions do
+        halo = int(self.model.info.extra.get("deep_head_halo_cells", 48))
+        hc, wc = c4_full.shape[2:]
+        step = 128
+        deep = None
+        for r in range(0, hc, step):
+            for c in range(0, wc, step):
+                a0, a1 = max(0, r - halo), min(hc, r + step + halo)
+                b0, b1 = max(0, c - halo), min(wc, c + step + halo)
+                x = c4_full[:, :, a0:a1, b0:b1].float().to(self.device)
+                x = F.pad(x, (b0 - (c - halo), (c + step + halo) - b1, a0 - (r - halo), (r + step + halo) - a1))
+                y = m.deep_head(x, pooled_mean=pooled).float()
+                h, w = min(step, hc - r), min(step, wc - c)
+                if deep is None:
+                    deep = torch.zeros((1, y.shape[1], hc, wc), dtype=torch.float32)
+                deep[:, :, r:r + h, c:c + w] = y[:, :, halo:halo + h, halo:halo + w].cpu()
+        assert deep is not None
+        return deep.to(self.device)
+
+    def _deep_crop(self, tiles: Sequence[Tile]) -> torch.Tensor:
+        s, p = self.deep_stride, self._pad
+        crops = []
+        for t in tiles:
+            r0 = int(t.read.row_off) // s + p
+            c0 = int(t.read.col_off) // s + p
+            crops.append(self._deep[:, :, r0:r0 + int(t.read.height) // s, c0:c0 + int(t.read.width) // s])
+        return torch.cat(crops, 0)
+
+    # -- shallow statistics ------------------------------------------------------------------------------
+    def _shallow(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feat8, feat16 = self.model.shallow(x)
+        return feat8.float(), feat16.float()
+
+    def _fuse16(self, feat16: torch.Tensor, deep: torch.Tensor, s_gap: torch.Tensor) -> torch.Tensor:
+        f = self.model.fuse16
+        s_feat, c_feat = f.features(feat16, deep)
+        n = feat16.shape[0]
+        return f.combine(s_feat, c_feat, s_gap.expand(n, -1), self._gaps["c16"].expand(n, -1), s_feat.shape[-2:])
+
+    def _shallow_stats(self, reader: RasterReader, preprocess: Preprocess, grid: TileGrid) -> None:
+        m = self.model
+        tiles = list(grid)
+        ih, iw = grid.input_shape
+        per_tile = 4 * (256 * ih * iw // 64 + 512 * ih * iw // 256)
+        cache = per_tile * len(tiles) <= self.feature_cache_bytes
+        sums: dict[str, torch.Tensor] = {}
+        counts = {8: 0, 16: 0}
+
+        def add(key: str, feat: torch.Tensor, t: Tile, stride: int) -> None:
+            sr, sc = _cells(t, stride)
+            part = feat[:, :, sr, sc].double().sum(dim=(0, 2, 3))
+            sums[key] = sums.get(key, 0) + part
+
+        passes = 0
+        # pass A: spatial-side sums of both fusions
+        for t, x, _ in prefetch_tiles(reader, tiles, preprocess):
+            with autocast(self.device, self.amp):
+                feat8, feat16 = self._shallow(self._t(x))
+                s16 = m.fuse16.spatial_att.conv_bn_relu(feat16).float()
+                s8 = m.fuse8.spatial_att.conv_bn_relu(feat8).float()
+            add("s16", s16, t, 16)
+            add("s8", s8, t, 8)
+            for s in (8, 16):
+                sr, sc = _cells(t, s)
+                counts[s] += (sr.stop - sr.start) * (sc.stop - sc.start)
+            if cache:
+                self._cache[(t.row, t.col)] = (feat8.cpu(), feat16.cpu())
+        passes += 1
+        self._gaps["s16"] = (sums["s16"] / counts[16]).float()[None].to(self.device)
+        self._gaps["s8"] = (sums["s8"] / counts[8]).float()[None].to(self.device)
+        # pass B: context-side sum of fuse8 (needs fuse16 with its image-wide attention)
+        source = ((t, None, None) for t in tiles) if cache else prefetch_tiles(reader, tiles, preprocess)
+        for t, x, _ in source:
+            with autocast(self.device, self.amp):
+                feat8, feat16 = self._cache[(t.row, t.col)] if cache else self._shallow(self._t(x))
+                f16 = self._fuse16(feat16.to(self.device), self._deep_crop([t]), self._gaps["s16"])
+                c8 = m.fuse8.context_att.conv_bn_relu(f16).float()
+            # c8 lives at 1/16 (fuse8's context is the fused 1/16 map)
+            add("c8", c8, t, 16)
+        passes += 0 if cache else 1
+        self._gaps["c8"] = (sums["c8"] / counts[16]).float()[None].to(self.device)
+        self.stats.shallow_passes = passes + (0 if cache else 1)
+        self.stats.cached_tiles = len(self._cache)
+
+    # -- the real pass -----------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def __call__(self, batch: np.ndarray, tiles: Sequence[Tile]) -> np.ndarray:
+        m = self.model
+        with autocast(self.device, self.amp):
+            if all((t.row, t.col) in self._cache for t in tiles):
+                feats = [self._cache.pop((t.row, t.col)) for t in tiles]
+                feat8 = torch.cat([f[0] for f in feats]).to(self.device)
+                feat16 = torch.cat([f[1] for f in feats]).to(self.device)
+            else:
+                feat8, feat16 = self._shallow(self._t(batch))
+            n = feat8.shape[0]
+            f16 = self._fuse16(feat16, self._deep_crop(tiles), self._gaps["s16"])
+            s_feat, c_feat = m.fuse8.features(feat8, f16)
+            f8 = m.fuse8.combine(s_feat, c_feat, self._gaps["s8"].expand(n, -1), self._gaps["c8"].expand(n, -1),
+                                 s_feat.shape[-2:])
+            logits = m.classify(f8)
+            logits = F.interpolate(logits.float(), size=batch.shape[-2:], mode="bilinear", align_corners=False)
+        return logits_to_output(logits, self.classes_only)
