@@ -98,3 +98,31 @@ def test_tile_size_independence_on_real_raster(tmp_path, isd_weights, shared_dat
     with rasterio.open(src) as ds:
         g = zarr.open_group(str(a.output), mode="r")
         assert list(g.attrs["transform"]) == list(ds.transform)[:6]
+
+
+def test_tiled_deep_branch_with_disk_cache(tmp_path, isd_weights, inria_rgb, monkeypatch):
+    """A shrunk view too large for one pass: deep tiles + zarr caches, still tile-size independent."""
+    from uhrcli import twoscale
+
+    monkeypatch.setattr(twoscale, "DEEP_WHOLE_MAX", 64 * 64)
+    monkeypatch.setattr(twoscale, "DEEP_TILE", 128)
+    monkeypatch.setattr(twoscale, "DEEP_CACHE_MEMORY", 0)  # every deep cache on disk
+    monkeypatch.setattr(twoscale, "FEATURE_CACHE_BYTES", 0)  # three shallow passes, nothing cached
+    src = tmp_path / "img.tif"
+    tifffile.imwrite(src, _mosaic(inria_rgb, 1024))
+    a = segment(str(src), tmp_path / "a.zarr", weights=str(isd_weights), tile=512, probs=True)[0]
+    b = segment(str(src), tmp_path / "b.zarr", weights=str(isd_weights), tile=1024, probs=True)[0]
+    c1, p1 = _probs(a.output)
+    c2, p2 = _probs(b.output)
+    assert np.abs(p1.astype(int) - p2.astype(int)).max() <= 1
+    assert (c1 == c2).mean() >= 0.999
+    assert a.output.exists() and not list(tmp_path.glob(".*"))
+
+
+def test_info_estimate_counts_deep_cache(shared_data):
+    from uhrcli.inspect import estimate_memory
+
+    small, _ = estimate_memory(1000, 1000, 3, "isdnet-r18")
+    big, _ = estimate_memory(50000, 50000, 3, "isdnet-r18")
+    assert any("deep" in k for k in small.parts)
+    assert big.parts["deep view (uint8, 1/4)"] > 100 * small.parts["deep view (uint8, 1/4)"] / 4

@@ -46,9 +46,10 @@ def estimate_memory(height: int, width: int, bands: int, model_name: str, tile: 
     }
     if merge == "blend":
         parts["blend row buffers"] = 2 * (k + 1) * 4 * grid.tile_h * grid.tile_w
-    est_fn = getattr(model, "estimate_cache_bytes", None)
-    if est_fn is not None:
-        parts["deep-branch cache"] = int(est_fn(height, width))
+    if info.two_scale:
+        from .twoscale import estimate_cache_bytes
+
+        parts.update(estimate_cache_bytes(info, height, width, grid.tile_h, grid.halo))
     return MemoryEstimate(parts), grid
 
 

@@ -39,6 +39,70 @@ DEEP_TILE = 1024  # shrunk-view pixels per deep tile when the view is too large 
 DEEP_HALO = 256  # shrunk-view pixels of context per side for tiled deep passes
 DEEP_WHOLE_MAX = 2048 * 2048  # shrunk-view pixels run in one pass
 FEATURE_CACHE_BYTES = 768 << 20
+DEEP_CACHE_MEMORY = 256 << 20  # deep caches above this go to zarr scratch
+
+
+class FeatureStore:
+    """A (C, h, w) float map in memory when small, in a zarr scratch array when not.
+
+    Gigapixel rasters make deep-branch caches of a gigabyte or more (c4 alone is
+    one byte per full-resolution pixel in fp16); zarr keeps them off the heap.
+    """
+
+    def __init__(self, shape: tuple[int, int, int], dtype: str, memory_limit: int, scratch_dir: str | None = None):
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        self.shape = shape
+        self.on_disk = nbytes > memory_limit
+        if self.on_disk:
+            import tempfile
+
+            import zarr
+
+            self._tmp = tempfile.TemporaryDirectory(prefix="uhr-deep-", dir=scratch_dir)
+            self.data = zarr.open_array(self._tmp.name, mode="w", shape=shape, dtype=dtype,
+                                        chunks=(shape[0], min(64, shape[1]), min(64, shape[2])), fill_value=0)
+        else:
+            self.data = np.zeros(shape, dtype)
+
+    def write(self, r: int, c: int, block: np.ndarray) -> None:
+        self.data[:, r:r + block.shape[1], c:c + block.shape[2]] = block
+
+    def crop(self, r0: int, r1: int, c0: int, c1: int, mode: str = "edge") -> np.ndarray:
+        """Rows [r0, r1) x cols [c0, c1); outside the map edge-replicated (or mode='constant': zeros)."""
+        _, h, w = self.shape
+        a0, a1, b0, b1 = max(0, r0), min(h, r1), max(0, c0), min(w, c1)
+        block = np.asarray(self.data[:, a0:a1, b0:b1])
+        pad = ((0, 0), (a0 - r0, r1 - a1), (b0 - c0, c1 - b1))
+        if any(p for pair in pad for p in pair):
+            block = np.pad(block, pad, mode=mode)
+        return block
+
+    def close(self) -> None:
+        if self.on_disk:
+            self._tmp.cleanup()
+
+
+def estimate_cache_bytes(info, height: int, width: int, tile: int, halo: int,
+                         memory_limit: int = 0) -> dict[str, int]:
+    """RAM that the two-scale caches take for a raster (disk-backed parts counted as 0 RAM)."""
+    stride = int(info.extra.get("deep_stride", 32))
+    down = int(info.extra.get("down_ratio", 4))
+    hp, wp = ceil_to(height, stride), ceil_to(width, stride)
+    view = 3 * (hp // down) * (wp // down)
+    cells = (hp // stride) * (wp // stride)
+    c4 = 512 * 2 * cells
+    deep = 128 * 4 * cells
+    limit = memory_limit or DEEP_CACHE_MEMORY
+    whole = (hp // down) * (wp // down) <= DEEP_WHOLE_MAX
+    t = tile + 2 * halo
+    tiles = -(-height // tile) * -(-width // tile)
+    shallow = min(FEATURE_CACHE_BYTES, 4 * (256 * t * t // 64 + 512 * t * t // 256) * tiles)
+    return {
+        "deep view (uint8, 1/%d)" % down: view + (4 * view if whole else 0),
+        "deep c4 cache": 0 if whole or c4 > limit else c4,
+        "deep feature cache": deep if deep <= limit else 0,
+        "shallow feature cache": shallow,
+    }
 
 
 @dataclass
@@ -91,7 +155,7 @@ class TwoScalePredictor:
     """Engine predictor for models with `info.two_scale` (ISDNet)."""
 
     def __init__(self, model: nn.Module, device: torch.device, amp: bool = False, channels_last: bool = True,
-                 feature_cache_bytes: int = FEATURE_CACHE_BYTES, deep_whole_max: int = DEEP_WHOLE_MAX):
+                 feature_cache_bytes: int | None = None, deep_whole_max: int | None = None):
         self.model = model.to(device).eval()
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -100,11 +164,10 @@ class TwoScalePredictor:
         self.down = int(model.info.extra.get("down_ratio", 4))
         self.deep_stride = int(model.info.extra.get("deep_stride", 32))
         self.classes_only = False
-        self.feature_cache_bytes = feature_cache_bytes
-        self.deep_whole_max = deep_whole_max
+        self.feature_cache_bytes = FEATURE_CACHE_BYTES if feature_cache_bytes is None else feature_cache_bytes
+        self.deep_whole_max = DEEP_WHOLE_MAX if deep_whole_max is None else deep_whole_max
         self.stats = TwoScaleStats()
-        self._deep: torch.Tensor | None = None  # (1, C, hd+2p, wd+2p) padded deep features
-        self._pad = 0
+        self._deep: FeatureStore | None = None  # (C, hd/8, wd/8) deep features, memory or zarr
         self._cache: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self._gaps: dict[str, torch.Tensor] = {}
 
@@ -132,78 +195,95 @@ class TwoScalePredictor:
         m = self.model
         hp, wp = ceil_to(reader.height, self.deep_stride), ceil_to(reader.width, self.deep_stride)
         raw, source = decimate(reader, self.down, hp, wp)
-        view = preprocess(raw)  # (C, hd, wd) normalised
-        hd, wd = view.shape[1:]
+        hd, wd = raw.shape[1:]
         self.stats.deep_shape, self.stats.deep_source = (hd, wd), source
-        with autocast(self.device, self.amp):
-            if hd * wd <= self.deep_whole_max:
-                c4 = m.deep_backbone(self._t(view)).float()
+        if self._deep is not None:
+            self._deep.close()
+        if hd * wd <= self.deep_whole_max:
+            with autocast(self.device, self.amp):
+                c4 = m.deep_backbone(self._t(preprocess(raw))).float()
                 pooled = m.deep_pool(c4) / (c4.shape[-2] * c4.shape[-1])
                 deep = m.deep_head(c4, pooled_mean=pooled).float()
-            else:
-                self.stats.deep_tiled = True
-                deep = self._deep_tiled(view)
-        # context-side GAP of fuse16 over the whole deep map
-        c16 = m.fuse16.context_att.conv_bn_relu(deep)
-        self._gaps["c16"] = c16.float().mean(dim=(2, 3))
-        # pad once so every tile's crop, halo included, lies inside
-        cells = grid.halo // self.deep_stride + 1
-        self._pad = cells
-        self._deep = F.pad(deep.float(), (cells, cells, cells, cells), mode="replicate").contiguous()
+            del c4
+            self._deep = FeatureStore(tuple(deep.shape[1:]), "float32", DEEP_CACHE_MEMORY)
+            self._deep.write(0, 0, deep[0].cpu().numpy())
+        else:
+            self.stats.deep_tiled = True
+            self._deep = self._deep_tiled(raw, preprocess)
+        del raw
+        self._gaps["c16"] = self._context_gap16()
 
-    def _deep_tiled(self, view: np.ndarray) -> torch.Tensor:
+    def _context_gap16(self, step: int = 128) -> torch.Tensor:
+        """Mean of fuse16's context features over the whole deep map, in row strips (3x3 conv: 1-row overlap)."""
+        conv = self.model.fuse16.context_att.conv_bn_relu
+        _, h, w = self._deep.shape
+        total = None
+        for r in range(0, h, step):
+            a0, a1 = max(0, r - 1), min(h, r + step + 1)
+            x = torch.from_numpy(self._deep.crop(a0, a1, 0, w)).to(self.device)[None]
+            with autocast(self.device, self.amp):
+                y = conv(x).float()
+            y = y[:, :, r - a0:r - a0 + min(step, h - r)]
+            s = y.double().sum(dim=(0, 2, 3))
+            total = s if total is None else total + s
+        return (total / (h * w)).float()[None]
+
+    def _deep_tiled(self, raw: np.ndarray, preprocess: Preprocess) -> FeatureStore:
         """Backbone over shrunk-view tiles (cores kept), image-wide pooling, then the head over c4 tiles."""
         m = self.model
-        hd, wd = view.shape[1:]
+        hd, wd = raw.shape[1:]
         os_ = 8  # backbone output stride on the shrunk view
         g = TileGrid(hd, wd, DEEP_TILE, DEEP_HALO, os_)
-        c4_full: torch.Tensor | None = None
+        c4_store: FeatureStore | None = None
         pool_sum = None
         for t in g:
-            rows = reflect_indices(int(t.read.row_off), int(t.read.row_off + t.read.height), hd)
-            cols = reflect_indices(int(t.read.col_off), int(t.read.col_off + t.read.width), wd)
-            x = view[:, rows][:, :, cols]
-            c4 = m.deep_backbone(self._t(x)).float()
+            # past the view's edge the input is zero after normalisation: what the whole-view
+            # forward's first convolution pads with
+            r0, c0 = int(t.read.row_off), int(t.read.col_off)
+            r1, c1 = r0 + int(t.read.height), c0 + int(t.read.width)
+            a0, a1, b0, b1 = max(0, r0), min(hd, r1), max(0, c0), min(wd, c1)
+            x = np.zeros((raw.shape[0], r1 - r0, c1 - c0), np.float32)
+            x[:, a0 - r0:a1 - r0, b0 - c0:b1 - c0] = preprocess(raw[:, a0:a1, b0:b1])
+            with autocast(self.device, self.amp):
+                c4 = m.deep_backbone(self._t(x)).float()
             sr, sc = _cells(t, os_)
             core = c4[:, :, sr, sc]
-            if c4_full is None:
-                c4_full = torch.zeros((1, c4.shape[1], hd // os_, wd // os_), dtype=torch.float16)
-            r0, c0 = int(t.core.row_off) // os_, int(t.core.col_off) // os_
-            c4_full[:, :, r0:r0 + core.shape[2], c0:c0 + core.shape[3]] = core.cpu().half()
+            if c4_store is None:
+                c4_store = FeatureStore((c4.shape[1], hd // os_, wd // os_), "float16", DEEP_CACHE_MEMORY)
+            c4_store.write(int(t.core.row_off) // os_, int(t.core.col_off) // os_, core[0].cpu().half().numpy())
             s = core.sum(dim=(2, 3)).double()
             pool_sum = s if pool_sum is None else pool_sum + s
-        assert c4_full is not None and pool_sum is not None
-        pooled = (pool_sum / (c4_full.shape[2] * c4_full.shape[3])).float().to(self.device)
+        assert c4_store is not None and pool_sum is not None
+        _, hc, wc = c4_store.shape
+        pooled = (pool_sum / (hc * wc)).float().to(self.device)
+        channels = int(getattr(m, "channels", 128))
+        deep = FeatureStore((channels, hc, wc), "float32", DEEP_CACHE_MEMORY)
         if not self.model.info.extra.get("deep_head_tileable", True):
             # e.g. PSP's pyramid bins depend on the whole map: run the head once on all of c4
-            return self.model.deep_head(c4_full.float().to(self.device), pooled_mean=pooled).float()
-        # ASPP over c4 tiles: zero padding past the map edge, as the whole-map convolutions do
-        halo = int(self.model.info.extra.get("deep_head_halo_cells", 48))
-        hc, wc = c4_full.shape[2:]
-        step = 128
-        deep = None
-        for r in range(0, hc, step):
-            for c in range(0, wc, step):
-                a0, a1 = max(0, r - halo), min(hc, r + step + halo)
-                b0, b1 = max(0, c - halo), min(wc, c + step + halo)
-                x = c4_full[:, :, a0:a1, b0:b1].float().to(self.device)
-                x = F.pad(x, (b0 - (c - halo), (c + step + halo) - b1, a0 - (r - halo), (r + step + halo) - a1))
-                y = m.deep_head(x, pooled_mean=pooled).float()
-                h, w = min(step, hc - r), min(step, wc - c)
-                if deep is None:
-                    deep = torch.zeros((1, y.shape[1], hc, wc), dtype=torch.float32)
-                deep[:, :, r:r + h, c:c + w] = y[:, :, halo:halo + h, halo:halo + w].cpu()
-        assert deep is not None
-        return deep.to(self.device)
+            x = torch.from_numpy(c4_store.crop(0, hc, 0, wc)).float().to(self.device)[None]
+            with autocast(self.device, self.amp):
+                deep.write(0, 0, m.deep_head(x, pooled_mean=pooled).float()[0].cpu().numpy())
+        else:
+            # ASPP over c4 tiles, zero-padded past the map edge as the whole-map convolutions are
+            halo = int(self.model.info.extra.get("deep_head_halo_cells", 48))
+            step = 128
+            for r in range(0, hc, step):
+                for c in range(0, wc, step):
+                    x = c4_store.crop(r - halo, r + step + halo, c - halo, c + step + halo, mode="constant")
+                    with autocast(self.device, self.amp):
+                        y = m.deep_head(torch.from_numpy(x).float().to(self.device)[None], pooled_mean=pooled).float()
+                    h, w = min(step, hc - r), min(step, wc - c)
+                    deep.write(r, c, y[0, :, halo:halo + h, halo:halo + w].cpu().numpy())
+        c4_store.close()
+        return deep
 
     def _deep_crop(self, tiles: Sequence[Tile]) -> torch.Tensor:
-        s, p = self.deep_stride, self._pad
+        s = self.deep_stride
         crops = []
         for t in tiles:
-            r0 = int(t.read.row_off) // s + p
-            c0 = int(t.read.col_off) // s + p
-            crops.append(self._deep[:, :, r0:r0 + int(t.read.height) // s, c0:c0 + int(t.read.width) // s])
-        return torch.cat(crops, 0)
+            r0, c0 = int(t.read.row_off) // s, int(t.read.col_off) // s
+            crops.append(self._deep.crop(r0, r0 + int(t.read.height) // s, c0, c0 + int(t.read.width) // s))
+        return torch.from_numpy(np.stack(crops)).to(self.device)
 
     # -- shallow statistics ------------------------------------------------------------------------------
     def _shallow(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
