@@ -258,3 +258,19 @@ def test_folder_input_writes_one_output_each(tmp_path, inria_rgb, fcn_weights):
     (folder / "notes.txt").write_text("not an image")
     res = segment(str(folder), tmp_path / "out", weights=str(fcn_weights), tile=128)
     assert sorted(r.output.name for r in res) == ["t0.tif", "t1.tif", "t2.tif"]
+
+
+def test_preview_overlay(tmp_path, shared_data, fcn_weights):
+    from PIL import Image
+
+    src = shared_data / "geo" / "rasterio_RGB.byte.tif"
+    res = _run(src, tmp_path / "m.tif", fcn_weights, tile=256, preview=True)
+    prev = tmp_path / "m_preview.png"
+    im = np.asarray(Image.open(prev))
+    assert im.shape == (718, 791, 3)
+    with rasterio.open(src) as a, rasterio.open(res.output) as b:
+        img, cls = a.read(), b.read(1)
+    tinted = (cls != 0) & (cls != 255)
+    assert tinted.any()
+    assert (im[~tinted] == img.transpose(1, 2, 0)[~tinted]).all()  # untinted pixels are the image
+    assert (im[tinted] != img.transpose(1, 2, 0)[tinted]).any(axis=-1).mean() > 0.9

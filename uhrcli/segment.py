@@ -63,6 +63,7 @@ class SegmentOptions:
     resume: bool = False
     amp: bool | None = None
     channels_last: bool = True
+    preview: bool = False
 
 
 def expand_inputs(inputs: Sequence[str | os.PathLike], recursive: bool = False) -> list[Path]:
@@ -171,8 +172,12 @@ def _segment_one(src: Path, target: Path, fmt: str, net, predictor, info, wdiges
     t_start = time.perf_counter()
     W.check_target(target, opts.overwrite or False)
     ppath = W.probs_path(target, fmt) if opts.probs else None
-    if ppath is not None and ppath != target and ppath.exists() and not opts.overwrite:
-        raise OutputError(f"output exists: {ppath} (pass --overwrite to replace it)")
+    extra_outputs = [ppath] if ppath is not None and ppath != target else []
+    if opts.preview:
+        extra_outputs.append(target.with_name(target.stem + "_preview.png"))
+    for p in extra_outputs:
+        if p.exists() and not opts.overwrite:
+            raise OutputError(f"output exists: {p} (pass --overwrite to replace it)")
     scratch_dir = scratch_path(target)
     if scratch_dir.exists() and not opts.resume and not opts.overwrite:
         raise OutputError(f"an interrupted run left {scratch_dir}: pass --resume to finish it or --overwrite to start again")
@@ -211,6 +216,12 @@ def _segment_one(src: Path, target: Path, fmt: str, net, predictor, info, wdiges
                 tags={"model": info.name, "software": f"uhr {__version__}"},
             )
             _finalize(scratch, spec, target, fmt, ppath, info.num_classes)
+            if opts.preview:
+                from .io.preview import write_preview
+
+                preview_path = target.with_name(target.stem + "_preview.png")
+                write_preview(preview_path, reader, lambda d: np.clip(scaler(d), 0, 255).astype(np.uint8),
+                              lambda a, b, step: np.asarray(scratch.classes[a:b:step, ::step]), info.palette)
             ok = True
         except InputError:
             scratch.remove()  # the input itself is broken: resuming cannot help

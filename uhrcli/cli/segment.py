@@ -27,6 +27,7 @@ def segment_cmd(
     amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="fp16 autocast (CUDA/MPS only; default on for CUDA)."),
     fmt: Optional[str] = typer.Option(None, "--format", "-f", help="tif, cog, zarr or png (default from the output suffix)."),
     probs: bool = typer.Option(False, "--probs", help="Also write per-class probabilities (uint8, x/255)."),
+    preview: bool = typer.Option(False, "--preview", help="Also write <name>_preview.png: the class map tinted over the image."),
     bands: Optional[str] = typer.Option(None, "--bands", help="1-based bands to use, e.g. 1,2,3 or 4,3,2."),
     stretch: str = typer.Option("auto", "--stretch", help="auto, none, minmax or percentile[:LOW,HIGH] for non-8-bit data."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
@@ -39,7 +40,7 @@ def segment_cmd(
                           "the map is meaningless (use it for dry runs and speed tests)", highlight=False)
     opts = SegmentOptions(tile=tile, halo=halo, merge=merge, batch_size=batch_size, fmt=fmt, probs=probs,
                           bands=parse_int_list(bands, "--bands"), stretch=stretch, overwrite=overwrite,
-                          resume=resume, amp=amp)
+                          resume=resume, amp=amp, preview=preview)
     with pixel_progress("segment", not quiet) as cb:
         results = segment([str(p) for p in inputs] if len(inputs) > 1 else str(inputs[0]), output, model=model,
                           weights=weights, device=device, options=opts, progress=cb)
