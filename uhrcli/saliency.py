@@ -1,0 +1,595 @@
+"""`run_saliency(...)`: the Python API behind `uhr saliency` (PGNet-style inference).
+
+Inference follows the official PGNet test script: RGB float -> normalise with
+the model's mean/std -> bilinear resize (half-pixel centres, no antialias) to
+SxS -> network -> logits resized back to HxW the same way -> sigmoid -> x255
+-> round. Photos are processed in memory; rasters above `stream_pixels` go
+through uhrcli.io.resample (windowed reads in, row strips out) and are written
+as tiled, deflate-compressed TIFFs, so their size is bounded by disk, not RAM.
+
+Outputs are written under temporary names beside their targets and renamed
+when complete; a failing image leaves nothing behind and does not stop the
+others.
+"""
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import os
+import time
+import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rasterio.windows import Window
+
+from .device import autocast, default_amp, resolve_device
+from .engine import peak_rss_mb
+from .errors import InputError, MissingInputError, OutputError, UhrError, UsageError
+from .io import writers as W
+from .io.readers import RasterMeta, open_reader
+from .io.resample import resample_reader, upsample_strips
+from .io.scaling import make_scaler
+
+OUTPUT_KINDS = ("map", "mask", "rgba", "overlay")
+INPUT_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
+DEFAULT_STREAM_PIXELS = 100_000_000
+OVERLAY_TINT = np.array([16.0, 24.0, 64.0], np.float32)  # dark blue wash outside the object
+OVERLAY_KEEP = 0.35  # fraction of the image kept in the background
+TIFF_BLOCK = 256
+
+ProgressFn = Callable[[str, int, int], Any]
+
+
+# ---------------------------------------------------------------------------------------------
+# report
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class ImageResult:
+    """One image that was written."""
+
+    input: Path
+    outputs: list[Path]
+    height: int
+    width: int
+    seconds: float
+    streamed: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SaliencyReport:
+    """What a run did; `ok` is False when any image failed."""
+
+    results: list[ImageResult] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    peak_rss_mb: float = 0.0
+    model: str = ""
+    size: int = 0
+    device: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    @property
+    def images_per_s(self) -> float:
+        return len(self.results) / self.seconds if self.seconds > 0 else 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# planning: inputs, output names
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Job:
+    """An input image and where its outputs go (without suffix: <outdir>/<rel>/<stem>)."""
+
+    src: Path
+    base: Path
+    huge: bool = False
+    targets: dict[str, Path] = field(default_factory=dict)
+
+
+def parse_outputs(outputs: str | Iterable[str]) -> tuple[str, ...]:
+    """'map,mask' or ['map', 'rgba'] -> validated, ordered, de-duplicated kinds."""
+    items = [outputs] if isinstance(outputs, str) else list(outputs)
+    kinds: list[str] = []
+    for item in items:
+        for k in str(item).split(","):
+            k = k.strip().lower()
+            if not k:
+                continue
+            if k not in OUTPUT_KINDS:
+                raise UsageError(f"--output must be one of {', '.join(OUTPUT_KINDS)}, got {k!r}")
+            if k not in kinds:
+                kinds.append(k)
+    if not kinds:
+        raise UsageError(f"no output requested: pass --output {'|'.join(OUTPUT_KINDS)}")
+    return tuple(k for k in OUTPUT_KINDS if k in kinds)
+
+
+def _is_inside(p: Path, folder: Path) -> bool:
+    try:
+        p.resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def expand_inputs(inputs: Sequence[str | os.PathLike], outdir: Path, recursive: bool = False,
+                  pattern: str | None = None) -> list[tuple[Path, Path]]:
+    """(image, path relative to OUTDIR without suffix) for files and folders.
+
+    A folder contributes its image files (matching `pattern` when given,
+    sorted), named by their path below it; a file is named by its stem alone.
+    Files under OUTDIR are never inputs, so a re-run into a folder inside the
+    input tree does not process its own outputs.
+    """
+    found: list[tuple[Path, Path]] = []
+    for item in inputs:
+        p = Path(item)
+        if not p.exists():
+            raise MissingInputError(f"input not found: {p}")
+        if p.is_dir() and p.suffix != ".zarr":
+            it = p.rglob("*") if recursive else p.iterdir()
+            files = []
+            for q in it:
+                rel = q.relative_to(p)
+                if not q.is_file() or any(part.startswith(".") for part in rel.parts):
+                    continue
+                if pattern is not None:
+                    if not fnmatch.fnmatch(q.name, pattern):
+                        continue
+                elif q.suffix.lower() not in INPUT_SUFFIXES:
+                    continue
+                if _is_inside(q, outdir):
+                    continue
+                files.append((q, rel.with_suffix("")))
+            if not files:
+                what = f"matching {pattern!r}" if pattern else "with an image suffix"
+                hint = "" if recursive else " (use --recursive for subfolders)"
+                raise InputError(f"{p}: folder holds no files {what}{hint}")
+            found.extend(sorted(files))
+        else:
+            found.append((p, Path(p.stem)))
+    if not found:
+        raise UsageError("no input given")
+    return found
+
+
+def _output_paths(base: Path, kinds: Sequence[str], huge: bool) -> dict[str, Path]:
+    names = {
+        "map": base.name + (".tif" if huge else ".png"),
+        "mask": base.name + ("_mask.tif" if huge else "_mask.png"),
+        "rgba": base.name + "_rgba.png",
+        "overlay": base.name + "_overlay.jpg",
+    }
+    return {k: base.with_name(names[k]) for k in kinds if not (huge and k in ("rgba", "overlay"))}
+
+
+def _pixel_count(path: Path) -> int:
+    """Pixels of an image without decoding it (0 when unknown: the real open reports why)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if head[:2] not in (b"II", b"MM") and path.suffix.lower() not in (".tif", ".tiff"):
+            from PIL import Image
+
+            with Image.open(path) as im:
+                return int(im.size[0]) * int(im.size[1])
+        r = open_reader(path, validate=False)
+        try:
+            return r.height * r.width
+        finally:
+            r.close()
+    except Exception:  # noqa: BLE001 - a bad file is reported when it is processed
+        return 0
+
+
+def plan_jobs(inputs: Sequence[str | os.PathLike], outdir: Path, kinds: Sequence[str], recursive: bool,
+              pattern: str | None, stream_pixels: int) -> list[Job]:
+    """Resolve every input to its output targets; refuse two inputs that would share a name."""
+    jobs: list[Job] = []
+    seen: dict[Path, Path] = {}
+    for src, rel in expand_inputs(inputs, outdir, recursive, pattern):
+        key = Path(str(rel).lower())
+        if key in seen:
+            raise UsageError(f"two inputs would write the same outputs {rel}: {seen[key]} and {src} "
+                             f"(rename one, or run them into different output folders)")
+        seen[key] = src
+        huge = _pixel_count(src) > stream_pixels
+        base = outdir / rel
+        jobs.append(Job(src, base, huge, _output_paths(base, kinds, huge)))
+    return jobs
+
+
+# ---------------------------------------------------------------------------------------------
+# model
+# ---------------------------------------------------------------------------------------------
+def _ensure_registered(name: str) -> None:
+    """Import uhrcli.models.<name> if the package did not register it (a model in a newer file)."""
+    from .models import list_models
+
+    if name in list_models():
+        return
+    try:
+        importlib.import_module(f"uhrcli.models.{name.replace('-', '_')}")
+    except ModuleNotFoundError:
+        pass
+
+
+def load_saliency_model(model: str, weights: str | os.PathLike | None, model_kwargs: dict[str, Any] | None = None,
+                        ) -> torch.nn.Module:
+    """Build a one-channel saliency network; weights are required ('random' for dry runs)."""
+    from .models import build_model
+
+    if weights is None:
+        raise UsageError("no weights: pass --weights FILE (a trained checkpoint) or --weights random for a dry run")
+    _ensure_registered(model)
+    kw = dict(model_kwargs or {})
+    if str(weights) == "random" and "task" not in kw:
+        # models with a segment and a saliency variant (fcn-tiny) take task=; others do not
+        try:
+            net = build_model(model, weights, task="saliency", **kw)
+        except TypeError:
+            net = build_model(model, weights, **kw)
+    else:
+        net = build_model(model, weights, **kw)
+    info = net.info
+    if info.task != "saliency":
+        raise UsageError(f"model {info.name} is a {info.task} model; use `uhr {info.task}`")
+    if info.num_classes != 1:
+        raise UsageError(f"model {info.name} has {info.num_classes} output channels; saliency needs 1")
+    return net
+
+
+# ---------------------------------------------------------------------------------------------
+# per-image work
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Prepared:
+    """An image resized to SxS for the network, plus what writing its outputs needs."""
+
+    job: Job
+    x: torch.Tensor  # (3, S, S) normalised
+    height: int
+    width: int
+    t0: float
+    image: np.ndarray | None = None  # (3, H, W) float32 0..255, kept only for rgba/overlay
+    meta: RasterMeta | None = None  # georeferencing, copied to streamed TIFF outputs
+    notes: list[str] = field(default_factory=list)
+
+
+def _to_rgb(data: np.ndarray) -> np.ndarray:
+    """1 band -> replicated to 3; more than 3 -> the first 3."""
+    if data.shape[0] == 1:
+        return np.repeat(data, 3, axis=0)
+    if data.shape[0] == 2:
+        return np.concatenate([data, data[:1]], axis=0)
+    return data[:3]
+
+
+def _prepare(job: Job, size: int, mean: torch.Tensor, std: torch.Tensor, kinds: Sequence[str],
+             stream_pixels: int, strip_rows: int | None) -> Prepared:
+    t0 = time.perf_counter()
+    # opened and closed on the same (loader) thread: rasterio's GDAL environment is thread-local
+    reader = open_reader(job.src)
+    try:
+        scaler = make_scaler(reader, "auto")
+        notes: list[str] = []
+        if reader.count > 3:
+            notes.append(f"{reader.count} bands: the first 3 are used as RGB")
+        huge = reader.height * reader.width > stream_pixels
+        if huge != job.huge:  # the header probe could not tell; plan again with the real size
+            job.huge = huge
+            job.targets = _output_paths(job.base, kinds, huge)
+        h, w = reader.height, reader.width
+        if huge:
+            m = mean.numpy()[:, None, None]
+            s = std.numpy()[:, None, None]
+            xs = resample_reader(reader, size, size, lambda raw: (_to_rgb(scaler(raw)) - m) / s, strip_rows=strip_rows)
+            dropped = [k for k in kinds if k in ("rgba", "overlay")]
+            if dropped:
+                notes.append(f"{'/'.join(dropped)} not written: the image is too large for a whole-image output ({w}x{h})")
+            return Prepared(job, torch.from_numpy(xs), h, w, t0, meta=reader.meta, notes=notes)
+        try:
+            raw = reader.read(Window(0, 0, w, h))
+        except UhrError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - decoder failures mean a bad file
+            raise InputError(f"{job.src}: cannot decode pixel data ({_one_line(exc)})") from None
+        img = _to_rgb(scaler(raw))  # (3, H, W) float32 0..255
+        del raw
+    finally:
+        reader.close()
+    # resize, then normalise: the same numbers as the reverse order (bilinear weights sum to 1, the
+    # normalisation is per-channel affine) without a second full-resolution float copy
+    x = F.interpolate(torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))[None], size=(size, size),
+                      mode="bilinear", align_corners=False)[0]
+    x = (x - mean[:, None, None]) / std[:, None, None]
+    keep = img if any(k in ("rgba", "overlay") for k in job.targets) else None
+    return Prepared(job, x, h, w, t0, image=keep, notes=notes)
+
+
+def _quantise(prob: np.ndarray, bit_depth: int) -> np.ndarray:
+    if bit_depth == 16:
+        return np.rint(prob * 65535.0).astype(np.uint16)
+    return np.rint(prob * 255.0).astype(np.uint8)
+
+
+def _save_pil(arr: np.ndarray, tmp: Path, fmt: str, **kw: Any) -> None:
+    from PIL import Image
+
+    Image.fromarray(arr).save(tmp, format=fmt, **kw)  # uint16 -> mode I;16: a 16-bit PNG
+
+
+def _write_small(p: Prepared, logits: torch.Tensor, threshold: float, bit_depth: int,
+                 targets: dict[str, Path]) -> list[tuple[Path, Path]]:
+    """Whole-image outputs (PNG/JPEG) into temporary files; returns (tmp, target) pairs."""
+    up = F.interpolate(logits[None].float(), size=(p.height, p.width), mode="bilinear", align_corners=False)[0, 0]
+    prob = torch.sigmoid(up).numpy()
+    del up
+    done: list[tuple[Path, Path]] = []
+    map8 = None
+    for kind, target in targets.items():
+        tmp = W.temp_path(target)
+        done.append((tmp, target))
+        if kind == "map":
+            _save_pil(_quantise(prob, bit_depth), tmp, "PNG")
+        elif kind == "mask":
+            _save_pil(np.where(prob >= threshold, 255, 0).astype(np.uint8), tmp, "PNG")
+        else:
+            if map8 is None:
+                map8 = _quantise(prob, 8)
+            assert p.image is not None
+            rgb = np.moveaxis(p.image, 0, -1)
+            if kind == "rgba":
+                out = np.concatenate([np.rint(rgb).astype(np.uint8), map8[..., None]], axis=-1)
+                _save_pil(out, tmp, "PNG")
+            else:
+                a = prob[..., None].astype(np.float32)
+                bg = rgb * OVERLAY_KEEP + OVERLAY_TINT * (1.0 - OVERLAY_KEEP)
+                out = np.clip(np.rint(a * rgb + (1.0 - a) * bg), 0, 255).astype(np.uint8)
+                _save_pil(out, tmp, "JPEG", quality=90)
+    return done
+
+
+def _write_huge(p: Prepared, logits: torch.Tensor, threshold: float, bit_depth: int,
+                targets: dict[str, Path]) -> list[tuple[Path, Path]]:
+    """Map/mask of a raster too large for memory: upsampled and written strip by strip as tiled TIFF."""
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+
+    small = logits[0].float().numpy()
+    meta = p.meta
+    done: list[tuple[Path, Path]] = []
+    dsts = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.Env(GDAL_CACHEMAX=64):
+            try:
+                for kind, target in targets.items():
+                    tmp = W.temp_path(target)
+                    done.append((tmp, target))
+                    dtype = "uint16" if (kind == "map" and bit_depth == 16) else "uint8"
+                    prof: dict[str, Any] = dict(
+                        driver="GTiff", width=p.width, height=p.height, count=1, dtype=dtype, tiled=True,
+                        blockxsize=TIFF_BLOCK, blockysize=TIFF_BLOCK, compress="deflate", predictor=2,
+                        bigtiff="IF_SAFER")
+                    if meta is not None and meta.crs is not None:
+                        prof["crs"] = meta.crs
+                    if meta is not None and meta.transform is not None:
+                        prof["transform"] = meta.transform
+                    dsts[kind] = rasterio.open(tmp, "w", **prof)
+                for r0, r1, rows in upsample_strips(small, p.height, p.width, TIFF_BLOCK):
+                    prob = 1.0 / (1.0 + np.exp(-rows))
+                    for kind, dst in dsts.items():
+                        block = _quantise(prob, bit_depth) if kind == "map" else \
+                            np.where(prob >= threshold, 255, 0).astype(np.uint8)
+                        dst.write(block[None], window=((r0, r1), (0, p.width)))
+                for kind, dst in dsts.items():
+                    dst.update_tags(software="uhr saliency", content="saliency map x/255" if kind == "map" else "binary mask")
+            finally:
+                for dst in dsts.values():
+                    dst.close()
+    return done
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+# ---------------------------------------------------------------------------------------------
+def _check_existing(jobs: list[Job], overwrite: bool, skip_existing: bool) -> None:
+    """Refuse the whole run before any work if it would replace outputs the user did not ask to replace."""
+    if overwrite or skip_existing:
+        return
+    existing = [t for j in jobs for t in j.targets.values() if t.exists()]
+    if existing:
+        more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
+        raise OutputError(f"output exists: {existing[0]}{more} (pass --skip-existing to resume, "
+                          f"or --overwrite to replace them)")
+
+
+def run_saliency(inputs: str | os.PathLike | Sequence[str | os.PathLike], outdir: str | os.PathLike, *,
+                 model: str = "pgnet", weights: str | os.PathLike | None = None, size: int | None = None,
+                 outputs: str | Iterable[str] = ("map",), threshold: float = 0.5, bit_depth: int = 8,
+                 device: str = "auto", amp: bool | None = None, batch_size: int = 1, recursive: bool = False,
+                 pattern: str | None = None, skip_existing: bool = False, overwrite: bool = False,
+                 progress: ProgressFn | None = None, model_kwargs: dict[str, Any] | None = None,
+                 stream_pixels: int = DEFAULT_STREAM_PIXELS, strip_rows: int | None = None,
+                 on_error: Callable[[Path, str], Any] | None = None, net: torch.nn.Module | None = None,
+                 ) -> SaliencyReport:
+    """Saliency maps (and masks, cut-outs, previews) for images, folders or gigapixel rasters.
+
+    size: the SxS resolution the network sees (default: the model's
+    `default_size`, else 1024); a multiple of 32. Images with more than
+    `stream_pixels` pixels are streamed (map/mask as tiled TIFF). Existing
+    outputs stop the run before any work unless skip_existing (an image is
+    skipped only when all its outputs exist; missing ones are written) or
+    overwrite. progress(event, done, total) gets ("start", 0, n_images),
+    ("image", 1, 0) per image finished or failed and ("end", 0, 0);
+    on_error(path, message) is called for each failed image. `net` passes an
+    already built model (then model/weights are ignored).
+    """
+    t_run = time.perf_counter()
+    kinds = parse_outputs(outputs)
+    if bit_depth not in (8, 16):
+        raise UsageError(f"--bit-depth must be 8 or 16, got {bit_depth}")
+    if not 0.0 < float(threshold) < 1.0:
+        raise UsageError(f"--threshold must be between 0 and 1 (exclusive), got {threshold}")
+    if batch_size < 1:
+        raise UsageError("--batch-size must be >= 1")
+    if overwrite and skip_existing:
+        raise UsageError("--overwrite and --skip-existing contradict each other: pick one")
+    outdir = Path(outdir)
+    if outdir.exists() and not outdir.is_dir():
+        raise OutputError(f"{outdir}: the output must be a folder, and this is a file")
+
+    if net is None:
+        net = load_saliency_model(model, weights, model_kwargs)
+    info = net.info
+    if size is None:
+        size = int(info.extra.get("default_size", 1024))
+    if size < 32 or size % 32:
+        raise UsageError(f"--size must be a positive multiple of 32, got {size}")
+
+    single = isinstance(inputs, (str, os.PathLike))
+    jobs = plan_jobs([inputs] if single else list(inputs), outdir, kinds, recursive, pattern, stream_pixels)
+    _check_existing(jobs, overwrite, skip_existing)
+
+    dev = resolve_device(device)
+    use_amp = default_amp(dev) if amp is None else bool(amp)
+    net = net.to(dev).eval()
+    report = SaliencyReport(model=info.name, size=size, device=str(dev))
+    mean = torch.tensor(info.mean, dtype=torch.float32)
+    std = torch.tensor(info.std, dtype=torch.float32)
+
+    def fail(job: Job, msg: str) -> None:
+        msg = msg if str(job.src) in msg else f"{job.src}: {msg}"
+        report.failed.append((job.src, msg))
+        if on_error:
+            on_error(job.src, msg)
+        if progress:
+            progress("image", 1, 0)
+
+    todo: list[Job] = []
+    refused: list[Job] = []
+    for j in jobs:
+        if not j.targets:  # a huge image and only rgba/overlay asked for
+            refused.append(j)
+            continue
+        if skip_existing:
+            missing = {k: t for k, t in j.targets.items() if not t.exists()}
+            if not missing:
+                report.skipped.append(j.src)
+                continue
+            j.targets = missing  # resume: write only what is missing
+        todo.append(j)
+    if progress:
+        progress("start", 0, len(todo) + len(refused))
+    for j in refused:
+        fail(j, "too large for rgba/overlay outputs (they need the image whole); ask for --output map or mask")
+
+    def load(job: Job) -> Prepared:
+        return _prepare(job, size, mean, std, kinds, stream_pixels, strip_rows)
+
+    try:
+        for batch in _batches(_prefetch(load, todo), batch_size, fail):
+            x = torch.stack([p.x for p in batch]).to(dev)
+            with torch.inference_mode(), autocast(dev, use_amp):
+                y = net(x)
+            y = y[0] if isinstance(y, (tuple, list)) else y
+            if y.ndim != 4 or y.shape[1] != 1 or tuple(y.shape[-2:]) != (size, size):
+                raise UsageError(f"model {info.name} returned {tuple(y.shape)}, expected (B, 1, {size}, {size})")
+            y = y.float().cpu()
+            for i, p in enumerate(batch):
+                _finish(p, y[i], threshold, bit_depth, report, fail, progress)
+    finally:
+        report.seconds = time.perf_counter() - t_run
+        report.peak_rss_mb = peak_rss_mb()
+        if progress:
+            progress("end", 0, 0)
+    return report
+
+
+def _finish(p: Prepared, logits: torch.Tensor, threshold: float, bit_depth: int, report: SaliencyReport,
+            fail: Callable[[Job, str], None], progress: ProgressFn | None) -> None:
+    """Write one image's outputs atomically and record the result."""
+    job = p.job
+    targets = dict(job.targets)
+    pairs: list[tuple[Path, Path]] = []
+    try:
+        if not targets:
+            raise UsageError("none of the requested outputs can be written for an image this large "
+                             "(rgba/overlay need it whole): ask for --output map or mask")
+        for t in targets.values():
+            t.parent.mkdir(parents=True, exist_ok=True)
+        writer = _write_huge if job.huge else _write_small
+        pairs = writer(p, logits, threshold, bit_depth, targets)
+        for tmp, target in pairs:
+            W.commit(tmp, target)
+    except Exception as exc:  # noqa: BLE001 - one image failing must not stop the others
+        for tmp, _ in pairs:
+            W.discard(tmp)
+        for t in targets.values():
+            W.discard(W.temp_path(t))
+        fail(job, _one_line(exc))
+        return
+    report.results.append(ImageResult(job.src, list(targets.values()), p.height, p.width,
+                                      time.perf_counter() - p.t0, streamed=job.huge, notes=p.notes))
+    report.notes.extend(f"{job.src}: {n}" for n in p.notes)
+    if progress:
+        progress("image", 1, 0)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    if isinstance(exc, OSError) and exc.errno == 28:
+        return "disk full"
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line if isinstance(exc, UhrError) else f"{type(exc).__name__}: {line}"
+
+
+def _prefetch(load: Callable[[Job], Prepared], jobs: list[Job], depth: int = 2) -> Iterator[tuple[Job, Prepared | BaseException]]:
+    """Decode and resize the next images on a thread while the network runs on the current ones."""
+    if not jobs:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="uhr-load") as pool:
+        futures: list[tuple[Job, Future]] = []
+        it = iter(jobs)
+        for job in it:
+            futures.append((job, pool.submit(load, job)))
+            if len(futures) >= depth:
+                break
+        while futures:
+            job, fut = futures.pop(0)
+            nxt = next(it, None)
+            if nxt is not None:
+                futures.append((nxt, pool.submit(load, nxt)))
+            try:
+                yield job, fut.result()
+            except Exception as exc:  # noqa: BLE001 - reported per image
+                yield job, exc
+
+
+def _batches(items: Iterator[tuple[Job, Prepared | BaseException]], batch_size: int,
+             fail: Callable[[Job, str], None]) -> Iterator[list[Prepared]]:
+    """Group loaded images (all are SxS by now); failed loads are reported and left out."""
+    batch: list[Prepared] = []
+    for job, item in items:
+        if isinstance(item, BaseException):
+            fail(job, _one_line(item))
+            continue
+        batch.append(item)
+        if len(batch) >= batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
