@@ -8,3 +8,4 @@ __all__ = ["ModelInfo", "create_model", "list_models", "register_model", "Unknow
 from .checkpoint import build_model, load_checkpoint, save_checkpoint  # noqa: E402
 
 __all__ += ["build_model", "load_checkpoint", "save_checkpoint"]
+from . import isdnet  # noqa: F401,E402  (registers isdnet-r18/-r50/-r18-psp, deeplabv3-r18[-down4])
