@@ -1,0 +1,93 @@
+"""One pipeline case: the whole `uhr segment` path on a synthetic raster, then the model alone on the same tiles.
+
+The ratio of the two throughputs says how much reading, normalising, merging
+and writing cost on top of the network: close to 1 means the engine keeps
+the model busy. Runs in a fresh worker so peak RSS is this run's alone.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..device import default_amp, synchronize
+from .machine import peak_rss_mb
+from .model import fake_oom, is_oom
+
+
+def measure_pipeline(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run segment() on spec['raster'] and the model-only loop; return one record."""
+    name, size = spec["model"], int(spec["size"])
+    device = torch.device(spec.get("device", "cpu"))
+    rec: dict[str, Any] = {"model": name, "size": size, "mode": "pipeline", "status": "ok", "device": str(device)}
+    try:
+        how = fake_oom(name, size)
+        if how == "kill":
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+        if how is not None:
+            raise MemoryError(f"simulated out-of-memory for {name}@{size}")
+        rec.update(_run(spec, name, device))
+    except Exception as exc:  # noqa: BLE001 - report the row, let the others run
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        rec.update(status="oom" if is_oom(exc) else "error", error=f"{type(exc).__name__}: {first}")
+    return rec
+
+
+def _run(spec: dict[str, Any], name: str, device: torch.device) -> dict[str, Any]:
+    from ..models import build_model
+    from ..predictors import TilePredictor
+    from ..segment import SegmentOptions, _halo_for, segment
+    from ..tiling import TileGrid, ceil_to
+
+    batch = int(spec.get("batch_size", 1))
+    amp = spec.get("amp")
+    amp = default_amp(device) if amp is None else bool(amp) and device.type != "cpu"
+    opts = SegmentOptions(tile=int(spec.get("tile", 1024)), batch_size=batch, overwrite=True, amp=amp)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with tempfile.TemporaryDirectory(prefix="uhr-bench-") as td:
+        res = segment(str(spec["raster"]), Path(td) / "mask.tif", model=name, weights="random",
+                      device=str(device), options=opts)[0]
+    e2e_rss = peak_rss_mb()
+    out: dict[str, Any] = {
+        "height": res.height, "width": res.width, "pixels": res.height * res.width,
+        "seconds": res.seconds, "e2e_mp_per_s": res.mpix_per_s,
+        "tiles": res.stats.tiles, "read_s": res.stats.read_seconds, "model_s": res.stats.model_seconds,
+        "write_s": res.stats.write_seconds, "peak_rss_mb": round(e2e_rss, 1), "peak_mem_mb": round(e2e_rss, 1),
+        "batch_size": batch, "amp": amp,
+    }
+    if device.type == "cuda":
+        out["gpu_peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+
+    # the model alone on the same tiles: same grid (tile shape, halo, count), same batching, same predictor settings
+    net = build_model(name, "random")
+    info = net.info
+    mult = max(1, info.size_multiple)
+    grid = TileGrid(res.height, res.width, ceil_to(opts.tile, mult), _halo_for(info, opts.halo), mult)
+    pred = TilePredictor(net, device, amp=amp, channels_last=opts.channels_last)
+    pred.classes_only = True  # as in a run that writes only the class map
+    ih, iw = grid.input_shape
+    tiles = list(grid)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((min(batch, len(tiles)), info.in_channels, ih, iw)).astype(np.float32)
+    pred(x, tiles[: len(x)])  # warm-up
+    synchronize(device)
+    t = time.perf_counter()
+    for i in range(0, len(tiles), len(x)):
+        chunk = tiles[i:i + len(x)]
+        pred(x[: len(chunk)], chunk)
+    synchronize(device)
+    dt = time.perf_counter() - t
+    model_mps = res.height * res.width / 1e6 / max(dt, 1e-12)
+    out.update({
+        "model_only_s": dt, "model_only_mp_per_s": model_mps, "model_only_tiles": len(tiles),
+        "tile_input": [ih, iw], "ratio": out["e2e_mp_per_s"] / model_mps if model_mps > 0 else None,
+    })
+    return out

@@ -1,0 +1,33 @@
+"""`uhr weights convert`: official ISDNet (mmseg) checkpoints -> uhr safetensors."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import OutputError
+from ..models.convert import convert_file, summarize
+from .common import app, console
+
+weights_app = typer.Typer(help="Checkpoint utilities.", no_args_is_help=True)
+app.add_typer(weights_app, name="weights")
+
+
+@weights_app.command("convert")
+def convert_cmd(
+    src: Path = typer.Argument(..., help="Official ISDNet checkpoint (.pth, mmseg key layout)."),
+    dst: Path = typer.Argument(..., help="Output .safetensors with uhr metadata."),
+    model: str = typer.Option("isdnet-r18", "--model", "-m", help="Registry model the checkpoint belongs to."),
+    num_classes: Optional[int] = typer.Option(None, "--classes", help="Class count (default: read from the checkpoint)."),
+    fold_conv_bias: bool = typer.Option(False, "--fold-conv-bias", help="Map ASPP convs saved with a bias and no BN (the released deepglobe.pth) exactly onto identity BNs."),
+    lenient: bool = typer.Option(False, "--lenient", help="Write even when keys are missing (they keep their initial values; listed)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+) -> None:
+    """Map an official ISDNet checkpoint's keys onto uhr's model; every unmapped key is reported."""
+    if dst.exists() and not overwrite:
+        raise OutputError(f"output exists: {dst} (pass --overwrite to replace it)")
+    report = convert_file(src, dst, model_name=model, num_classes=num_classes, fold_conv_bias=fold_conv_bias,
+                          strict=not lenient)
+    console.print(summarize(report), highlight=False)
+    console.print(f"wrote {dst}")
