@@ -304,3 +304,20 @@ def test_backbone_weights_torchvision_layout(tmp_path):
     r50 = create_model("isdnet-r50")
     with pytest.raises(CheckpointError, match="shape"):
         load_backbone_weights(r50, p)
+
+
+def test_slim_variant_is_the_same_graph_and_ships_small(tmp_path):
+    """isdnet-r18-slim: same decomposition, narrower widths, fp16 checkpoint under 10 MB."""
+    from uhrcli.models import build_model, create_model, save_checkpoint
+
+    torch.manual_seed(0)
+    m = create_model("isdnet-r18-slim").eval()
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        y = m(x)
+    assert y.shape == (1, 2, 128, 128)
+    p = tmp_path / "slim.safetensors"
+    save_checkpoint(m, p, half=True)
+    assert p.stat().st_size < 10_000_000
+    with torch.no_grad():
+        assert torch.allclose(build_model(None, p)(x), y, atol=5e-2)  # fp16 storage

@@ -57,7 +57,7 @@ class RelationAwareFusion(nn.Module):
     values. With spatial means of the whole maps it is the official module.
     """
 
-    def __init__(self, channels: int = 128, ext: int = 2, r: int = 16):
+    def __init__(self, channels: int = 128, ext: int = 2, r: int = 16, in_channels: int | None = None):
         super().__init__()
         if channels % r:
             raise ValueError(f"channels ({channels}) must be divisible by r ({r})")
@@ -66,7 +66,8 @@ class RelationAwareFusion(nn.Module):
         self.g2 = nn.Parameter(torch.zeros(1))
         hidden = r * r  # the flattened r x r channel-group affinity (256 for C=128, r=16, as officially 2C)
         self.spatial_mlp = nn.Sequential(nn.Linear(hidden, channels), nn.ReLU(), nn.Linear(channels, channels))
-        self.spatial_att = ChannelAtt(channels * ext, channels)
+        # the shallow map's width: ext * channels in the paper's configuration (512 and 256 for C=128)
+        self.spatial_att = ChannelAtt(in_channels or channels * ext, channels)
         self.context_mlp = nn.Sequential(nn.Linear(hidden, channels), nn.ReLU(), nn.Linear(channels, channels))
         self.context_att = ChannelAtt(channels, channels)
         self.context_head = ConvBNAct(channels, channels, 3)
@@ -212,7 +213,7 @@ class ISDNet(nn.Module):
     def __init__(self, num_classes: int = 2, backbone: str = "r18", deep_head: str = "aspp", down_ratio: int = 4,
                  channels: int = 128, dilations: Sequence[int] = (1, 12, 24, 36),
                  pool_scales: Sequence[int] = (1, 2, 3, 6), dropout: float = 0.1,
-                 class_names: Sequence[str] | None = None, name: str | None = None):
+                 class_names: Sequence[str] | None = None, name: str | None = None, backbone_width: int = 64):
         super().__init__()
         if backbone not in BACKBONES:
             raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, got {backbone!r}")
@@ -221,7 +222,7 @@ class ISDNet(nn.Module):
         self.num_classes, self.down_ratio, self.channels = num_classes, int(down_ratio), channels
         self.deep_head_type = deep_head
         # deep path (mmseg: backbone, decode_head, auxiliary_head)
-        self.backbone = resnet_v1c_d8(BACKBONES[backbone])
+        self.backbone = resnet_v1c_d8(BACKBONES[backbone], backbone_width)
         c3, c4 = self.backbone.out_channels[2], self.backbone.out_channels[3]
         if deep_head == "aspp":
             self.decode_head: ASPPHead | PSPHead = ASPPHead(c4, channels, num_classes, dilations, dropout)
@@ -231,8 +232,9 @@ class ISDNet(nn.Module):
         # shallow path and fusion (mmseg: refine_head.*)
         self.lap_pyramid = LaplacianPyramid(num_high=2)
         self.stdc_net = ShallowNet(in_channels=6)
-        self.fuse16 = RelationAwareFusion(channels, ext=4)
-        self.fuse8 = RelationAwareFusion(channels, ext=2)
+        feat8_ch, feat16_ch = self.stdc_net.out_channels
+        self.fuse16 = RelationAwareFusion(channels, ext=4, in_channels=feat16_ch)
+        self.fuse8 = RelationAwareFusion(channels, ext=2, in_channels=feat8_ch)
         self.sr_decoder = SRDecoder(channels, (4, 2, 2))
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
         self.conv_seg = SegHead(channels, channels // 2, num_classes)
@@ -436,6 +438,15 @@ def isdnet_r50(num_classes: int = 2, **kw: Any) -> ISDNet:
 def isdnet_r18_psp(num_classes: int = 2, **kw: Any) -> ISDNet:
     """ISD grafted onto PSPNet (pyramid pooling deep head), as in the paper's generality study."""
     return ISDNet(num_classes=num_classes, backbone="r18", deep_head="psp", name="isdnet-r18-psp", **kw)
+
+
+@register_model("isdnet-r18-slim")
+def isdnet_r18_slim(num_classes: int = 2, **kw: Any) -> ISDNet:
+    """ISDNet with a 3/8-width ResNet-18 deep path and 64-channel fusion: the same graph at ~1/4 of the
+    parameters, small enough to ship as a demo checkpoint."""
+    kw.setdefault("backbone_width", 24)
+    kw.setdefault("channels", 64)
+    return ISDNet(num_classes=num_classes, backbone="r18", deep_head="aspp", name="isdnet-r18-slim", **kw)
 
 
 @register_model("deeplabv3-r18")

@@ -126,9 +126,13 @@ class ResNetV1c(nn.Module):
         return outs
 
 
-def resnet_v1c_d8(depth: int) -> ResNetV1c:
-    """The dilated (output stride 8) V1c ResNet used by ISDNet's deep branch and DeepLabV3-d8."""
-    return ResNetV1c(depth, strides=(1, 2, 1, 1), dilations=(1, 1, 2, 4), contract_dilation=True)
+def resnet_v1c_d8(depth: int, width: int = 64) -> ResNetV1c:
+    """The dilated (output stride 8) V1c ResNet used by ISDNet's deep branch and DeepLabV3-d8.
+
+    width < 64 gives a slimmer network (stem and every stage scaled) for small shipped models.
+    """
+    return ResNetV1c(depth, stem_channels=width, base_channels=width, strides=(1, 2, 1, 1), dilations=(1, 1, 2, 4),
+                     contract_dilation=True)
 
 
 def load_torchvision_resnet(backbone: ResNetV1c, state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:

@@ -87,6 +87,8 @@ class ShallowNet(nn.Module):
                 else:
                     feats.append(CatBottleneck(base * 2 ** (i + 2), base * 2 ** (i + 2), block_num, 1))
         self.features = nn.Sequential(*feats)
+        last = len(layers) - 1
+        self.out_channels = (base * 2 ** (last + 1), base * 2 ** (last + 2))  # (feat8, feat16)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out")
