@@ -12,15 +12,10 @@ import typer
 
 from .common import app, console_err, run_app
 
-# Command modules register themselves on import; a module missing from a
-# partial install should not take the whole CLI down.
+# Command modules register themselves on `app` when imported.
 _COMMANDS = ["segment", "info", "saliency", "bench", "train", "evaluate", "weights"]
 for _name in _COMMANDS:
-    try:
-        importlib.import_module(f"{__name__}.{_name}")
-    except ModuleNotFoundError as exc:  # pragma: no cover - only in partial trees
-        if exc.name != f"{__name__}.{_name}":
-            raise
+    importlib.import_module(f"{__name__}.{_name}")
 
 
 def main() -> None:

@@ -13,11 +13,7 @@ from rich.table import Table
 from ..errors import OutputError
 from .common import app, console, console_err
 
-try:
-    from .evaluate import eval_app
-except ImportError:  # the evaluation commands module is absent: create the group here
-    eval_app = typer.Typer(name="eval", help="Evaluate predictions against ground truth.", no_args_is_help=True)
-    app.add_typer(eval_app, name="eval")
+from .evaluate import eval_app
 
 
 @contextmanager
