@@ -1,4 +1,4 @@
-"""`uhr weights convert`: official ISDNet (mmseg) checkpoints -> uhr safetensors."""
+"""`uhr weights convert` (official ISDNet checkpoints -> uhr) and `uhr weights export` (ship a checkpoint)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,3 +31,17 @@ def convert_cmd(
                           strict=not lenient)
     console.print(summarize(report), highlight=False)
     console.print(f"wrote {dst}")
+
+
+@weights_app.command("export")
+def export_cmd(
+    src: Path = typer.Argument(..., help="uhr checkpoint, e.g. RUN_DIR/last.safetensors."),
+    dst: Path = typer.Argument(..., help="Output .safetensors."),
+    half: bool = typer.Option(True, "--half/--full", help="Store weights in fp16 (half the size; loaded back as fp32)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+) -> None:
+    """Re-save a trained checkpoint for sharing: half precision, metadata kept."""
+    from ..models.checkpoint import export_checkpoint
+
+    out = export_checkpoint(src, dst, half=half, overwrite=overwrite)
+    console.print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)", highlight=False)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..errors import CheckpointError, MissingInputError
+from ..errors import CheckpointError, MissingInputError, OutputError
 from .base import ModelInfo
 from .registry import create_model
 
@@ -28,8 +28,6 @@ FORMAT_VERSION = 1
 def save_checkpoint(model: nn.Module, path: str | os.PathLike, model_kwargs: dict[str, Any] | None = None,
                     extra: dict[str, Any] | None = None, half: bool = False) -> Path:
     """Write `model` as safetensors with uhr metadata, atomically."""
-    from safetensors.torch import save_file
-
     path = Path(path)
     info: ModelInfo = model.info
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -42,10 +40,38 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, model_kwargs: dic
         "info": info.to_dict(),
         "extra": extra or {},
     }
+    return _write_safetensors(state, meta, path)
+
+
+def _write_safetensors(state: dict[str, torch.Tensor], meta: dict[str, Any], path: Path) -> Path:
+    from safetensors.torch import save_file
+
     tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata={META_KEY: json.dumps(meta)})
-    os.replace(tmp, path)
+    try:
+        save_file(state, str(tmp), metadata={META_KEY: json.dumps(meta)})
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
+
+
+def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, half: bool = True,
+                      overwrite: bool = False) -> Path:
+    """Re-save a uhr checkpoint for shipping: fp16 halves the file, and a model built from it
+    loads the values back into fp32 parameters, so inference stays fp32 where the device wants it."""
+    dst = Path(dst)
+    if dst.exists() and not overwrite:
+        raise OutputError(f"output exists: {dst} (pass --overwrite to replace it)")
+    state, meta = load_checkpoint(src)
+    if not meta.get("model"):
+        raise CheckpointError(f"{src}: no uhr metadata (model, classes); for official checkpoints use "
+                              "`uhr weights convert`")
+    build_model(None, src)  # refuse anything that would not load
+    if half:
+        state = {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}
+    meta = {**meta, "extra": {**meta.get("extra", {}), "exported_from": Path(src).name, "half": half}}
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    return _write_safetensors({k: v.contiguous() for k, v in state.items()}, meta, dst)
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
