@@ -1,6 +1,7 @@
 """Split the bundled Austin crop into the demo model's training (left 70%) and held-out (right 30%) parts.
 
-Writes georeferenced GeoTIFF windows into OUT/train/{images,masks} and OUT/val/{images,masks}, masks as 0/1.
+Writes georeferenced GeoTIFF windows into OUT/train/{images,masks} and OUT/val/{images,masks}, masks as 0/1,
+and OUT/classes.txt (background, building) for `uhr train --classes`.
 """
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ def main() -> None:
         write_window(IMAGE, a.out / name / "images" / "austin.tif", win, binarise=False)
         write_window(MASK, a.out / name / "masks" / "austin.tif", win, binarise=True)
         print(f"{name}: columns {int(win.col_off)}..{int(win.col_off + win.width)} -> {a.out / name}")
+    (a.out / "classes.txt").write_text("background\nbuilding\n")
 
 
 if __name__ == "__main__":

@@ -111,3 +111,12 @@ def test_state_dict_without_tensors(tmp_path):
     torch.save({"a": 1, "b": [1, 2]}, p)
     with pytest.raises(CheckpointError, match="state_dict of tensors"):
         build_model("isdnet-r18", p)
+
+
+def test_sniff_safetensors_whose_header_length_starts_with_pickle_marker(tmp_path):
+    from uhrcli.models.checkpoint import sniff_format
+
+    # a real case: a 45184-byte header is b"\x80\xb0\x00..." - the first byte looks like a pickle
+    assert sniff_format(b"\x80\xb0\x00\x00\x00\x00\x00\x00{\"__meta", 10**7) == "safetensors"
+    assert sniff_format(b"\x80\x02}q\x00(X\x06\x00\x00\x00weight", 10**7) == "torch"
+    assert sniff_format(b"PK\x03\x04" + b"\x00" * 12, 10**7) == "torch"

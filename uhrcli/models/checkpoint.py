@@ -85,9 +85,23 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         head = f.read(16)
     if len(head) < 8:
         raise CheckpointError(f"{path}: file too small to be a checkpoint")
-    if head[:2] == b"PK" or head[:1] == b"\x80":  # torch zip or legacy pickle
+    if sniff_format(head, path.stat().st_size) == "torch":
         return _load_torch(path), {}
     return _load_safetensors(path)
+
+
+def sniff_format(head: bytes, size: int) -> str:
+    """'safetensors' or 'torch' from a file's first bytes.
+
+    safetensors starts with its JSON header's length (u64 little-endian) and then '{'; that length's
+    first byte can be 0x80, the pickle protocol marker, so the safetensors test must come first.
+    """
+    n = int.from_bytes(head[:8], "little")
+    if head[8:9] == b"{" and 0 < n <= size - 8:
+        return "safetensors"
+    if head[:2] == b"PK" or head[:1] == b"\x80":  # torch zip or legacy pickle
+        return "torch"
+    return "safetensors"  # let the safetensors reader say what is wrong
 
 
 def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
