@@ -35,6 +35,7 @@ from .io import writers as W
 from .io.readers import RasterMeta, open_reader
 from .io.resample import resample_reader, upsample_strips
 from .io.scaling import make_scaler
+from .models.fuse import fold_batchnorm
 
 OUTPUT_KINDS = ("map", "mask", "rgba", "overlay")
 INPUT_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
@@ -452,6 +453,7 @@ def run_saliency(inputs: str | os.PathLike | Sequence[str | os.PathLike], outdir
     if outdir.exists() and not outdir.is_dir():
         raise OutputError(f"{outdir}: the output must be a folder, and this is a file")
 
+    own_net = net is None  # a network we built may be folded for inference; a caller's is left as given
     if net is None:
         net = load_saliency_model(model, weights, model_kwargs)
     info = net.info
@@ -467,6 +469,8 @@ def run_saliency(inputs: str | os.PathLike | Sequence[str | os.PathLike], outdir
     dev = resolve_device(device)
     use_amp = default_amp(dev) if amp is None else bool(amp)
     net = net.to(dev).eval()
+    if own_net:
+        fold_batchnorm(net)
     report = SaliencyReport(model=info.name, size=size, device=str(dev))
     mean = torch.tensor(info.mean, dtype=torch.float32)
     std = torch.tensor(info.std, dtype=torch.float32)

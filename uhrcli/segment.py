@@ -19,6 +19,7 @@ from .io.readers import IMAGE_SUFFIXES, TIFF_SUFFIXES, RasterReader, open_reader
 from .io.scaling import make_scaler
 from .io import writers as W
 from .models import build_model, list_models
+from .models.fuse import fold_batchnorm
 from .predictors import TilePredictor
 from .scratch import Scratch, file_identity, scratch_path, weights_digest
 from .tiling import TileGrid, ceil_to
@@ -63,6 +64,7 @@ class SegmentOptions:
     resume: bool = False
     amp: bool | None = None
     channels_last: bool = True
+    fold_bn: bool = True  # fold BatchNorm into convs for inference (about 10% faster for ISDNet on CPU)
     preview: bool = False
 
 
@@ -153,6 +155,8 @@ def segment(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str
     info = net.info
     if info.task != "segment":
         raise UsageError(f"model {info.name} is a {info.task} model; use `uhr {info.task}`")
+    if opts.fold_bn:
+        fold_batchnorm(net.eval())
     if info.two_scale:
         from .twoscale import TwoScalePredictor
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from ..device import autocast, synchronize
+from ..models.fuse import fold_batchnorm
 from ..tiling import ceil_to
 from .machine import peak_rss_mb, to_device
 
@@ -132,7 +133,8 @@ def _measure(spec: dict[str, Any], name: str, size: int, device: torch.device) -
 
     batch = int(spec.get("batch_size", 1))
     amp = bool(spec.get("amp", False)) and device.type != "cpu"
-    channels_last = bool(spec.get("channels_last", False))
+    channels_last = bool(spec.get("channels_last", True))
+    fold_bn = bool(spec.get("fold_bn", True))
     warmup, iters = int(spec.get("warmup", 2)), int(spec.get("iters", 5))
     how = fake_oom(name, size)
     if how == "kill":
@@ -151,6 +153,8 @@ def _measure(spec: dict[str, Any], name: str, size: int, device: torch.device) -
     params = count_params(model)
     flops, flops_how = count_flops(name, model, (1, info.in_channels, side, side), torch.device("cpu"))
     model = to_device(model, device).eval()
+    if fold_bn:  # as `uhr segment` and `uhr saliency` run the network
+        fold_batchnorm(model)
     gen = torch.Generator().manual_seed(int(spec.get("seed", 0)))
     x = to_device(torch.randn(batch, info.in_channels, side, side, generator=gen), device)
     if channels_last:

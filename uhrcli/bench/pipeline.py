@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..device import default_amp, synchronize
+from ..models.fuse import fold_batchnorm
 from .machine import peak_rss_mb
 from .model import fake_oom, is_oom
 
@@ -71,6 +72,8 @@ def _run(spec: dict[str, Any], name: str, device: torch.device) -> dict[str, Any
     info = net.info
     mult = max(1, info.size_multiple)
     grid = TileGrid(res.height, res.width, ceil_to(opts.tile, mult), _halo_for(info, opts.halo), mult)
+    if opts.fold_bn:
+        fold_batchnorm(net.eval())
     pred = TilePredictor(net, device, amp=amp, channels_last=opts.channels_last)
     pred.classes_only = True  # as in a run that writes only the class map
     ih, iw = grid.input_shape

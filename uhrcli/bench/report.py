@@ -142,6 +142,7 @@ def summary_lines(report: BenchReport) -> list[str]:
              f"torch {m.get('torch')}" + (f", CUDA {m['cuda']}" if m.get("cuda") and m.get("gpu") else "")
              + f"; {s.get('dtype')}, batch {s.get('batch_size')}"
              + (", channels-last" if s.get("channels_last") and report.mode == "model" else "")
+             + (", BN folded" if s.get("fold_bn") and report.mode == "model" else "")
              + (", torch.compile" if s.get("compile") else "")
              + (f", warmup {s.get('warmup')}, iters {s.get('iters')}" if report.mode == "model" else f", tile {s.get('tile')}")]
     if report.roof_gflops:

@@ -37,7 +37,8 @@ class BenchConfig:
     device: str = "auto"
     batch_size: int = 1
     amp: bool = False
-    channels_last: bool = False
+    channels_last: bool = True  # as `uhr segment` runs the network
+    fold_bn: bool = True  # likewise: BatchNorm folded into the convs
     compile: bool = False
     warmup: int | None = None
     iters: int | None = None
@@ -173,13 +174,15 @@ def run_benchmark(config: BenchConfig | None = None, progress: Callable[[str], A
         isolate = True  # peak RSS of the whole pipeline needs its own process
     dtype = "fp16-autocast" if amp else "fp32"
     settings = {"mode": "pipeline" if cfg.pipeline else "model", "dtype": dtype, "amp": amp,
-                "channels_last": cfg.channels_last, "compile": cfg.compile, "batch_size": cfg.batch_size,
+                "channels_last": cfg.channels_last, "fold_bn": cfg.fold_bn, "compile": cfg.compile,
+                "batch_size": cfg.batch_size,
                 "warmup": warmup, "iters": iters, "sizes": sizes, "models": models, "isolated": isolate,
                 "seed": cfg.seed}
     if cfg.pipeline:
-        settings.update(tile=cfg.tile, channels_last=True, compile=False)
-        if cfg.channels_last or cfg.compile:
-            notes.append("--channels-last/--compile do not apply to --pipeline (the engine's own settings are used)")
+        settings.update(tile=cfg.tile, channels_last=True, fold_bn=True, compile=False)
+        if not cfg.channels_last or not cfg.fold_bn or cfg.compile:
+            notes.append("--no-channels-last/--no-fold-bn/--compile do not apply to --pipeline "
+                         "(the engine's own settings are used)")
     machine = machine_info(device, settings)
 
     roof = None
@@ -215,6 +218,7 @@ def run_benchmark(config: BenchConfig | None = None, progress: Callable[[str], A
                 say(progress, f"{name} @ {size}x{size}")
                 spec = {"mode": "model", "model": name, "size": size, "device": str(device),
                         "batch_size": cfg.batch_size, "amp": amp, "channels_last": cfg.channels_last,
+                        "fold_bn": cfg.fold_bn,
                         "compile": cfg.compile, "warmup": warmup, "iters": iters, "seed": cfg.seed}
                 if isolate:
                     rec = run_worker(spec, cfg.timeout_s)

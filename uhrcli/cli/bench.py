@@ -19,7 +19,10 @@ def bench_cmd(
                                         help="Square input sides in pixels (default 1024,2448; --pipeline: 4096)."),
     batch_size: int = typer.Option(1, "--batch-size", "-b", help="Images per forward pass."),
     amp: bool = typer.Option(False, "--amp/--no-amp", help="fp16 autocast (CUDA/MPS only; ignored on CPU)."),
-    channels_last: bool = typer.Option(False, "--channels-last", help="Model and input in channels-last layout."),
+    channels_last: bool = typer.Option(True, "--channels-last/--no-channels-last",
+                                       help="Model and input in channels-last layout (as `uhr segment` runs them)."),
+    fold_bn: bool = typer.Option(True, "--fold-bn/--no-fold-bn",
+                                 help="Fold BatchNorm into the convs (as `uhr segment` does); off: the plain eval model."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the model (compile time reported apart)."),
     warmup: Optional[int] = typer.Option(None, "--warmup", help="Untimed passes per case (default 2 on CPU, 10 on GPU)."),
     iters: Optional[int] = typer.Option(None, "--iters", help="Timed passes per case (default 5 on CPU, 50 on GPU)."),
@@ -40,7 +43,7 @@ def bench_cmd(
     if sizes is not None and not size_list:
         raise UsageError("--sizes is empty")
     cfg = BenchConfig(models=parse_str_list(models), sizes=size_list, device=device, batch_size=batch_size, amp=amp,
-                      channels_last=channels_last, compile=compile_, warmup=warmup, iters=iters, pipeline=pipeline,
+                      channels_last=channels_last, fold_bn=fold_bn, compile=compile_, warmup=warmup, iters=iters, pipeline=pipeline,
                       tile=tile)
     progress = None if quiet else (lambda msg: console_err.print(f"[dim]{msg}[/dim]", highlight=False))
     report = run_benchmark(cfg, progress=progress)

@@ -12,26 +12,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-
-class BasicBlock(nn.Module):
-    """Two 3x3 conv-BN pairs with an identity (or 1x1 conv-BN projection) shortcut."""
-
-    expansion = 1
-
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
-        super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.downsample = downsample
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
+from .resnet import BasicBlock  # undilated, it is torchvision's block key for key
 
 
 class TorchvisionResNet(nn.Module):
@@ -61,7 +42,7 @@ class TorchvisionResNet(nn.Module):
         down = None
         if stride != 1 or self.inplanes != planes:
             down = nn.Sequential(nn.Conv2d(self.inplanes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes))
-        mods: list[nn.Module] = [BasicBlock(self.inplanes, planes, stride, down)]
+        mods: list[nn.Module] = [BasicBlock(self.inplanes, planes, stride, downsample=down)]
         self.inplanes = planes
         mods += [BasicBlock(planes, planes) for _ in range(1, blocks)]
         return nn.Sequential(*mods)

@@ -1,17 +1,16 @@
 """The loss contract: a model's own `losses(x, target)` first, else a default for its task.
 
 ISDNet and DeepLabV3 define their weighted multi-term losses themselves;
-PGNet's live in uhrcli.models.pgnet_losses (imported lazily: the trainer must
-work in a tree without it); every other network gets cross-entropy (segment)
-or BCE + IoU (saliency) on its logits.
+PGNet's live in uhrcli.models.pgnet_losses; every other network gets
+cross-entropy (segment) or PGNet's BCE + IoU (saliency) on its logits.
 """
 from __future__ import annotations
-
-import importlib
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from ..models.pgnet_losses import bce_iou_loss, pgnet_loss
 
 IGNORE = 255
 
@@ -31,25 +30,10 @@ def main_output(out: object) -> torch.Tensor:
 
 
 def bce_iou(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """PGNet's bce_iou: BCE with logits + (1 - (I + 1) / (U - I + 1)), averaged over the batch."""
+    """BCE + IoU with the logits brought up to the mask's size, so every labelled pixel is supervised."""
     if logits.shape[-2:] != mask.shape[-2:]:
         logits = F.interpolate(logits, size=mask.shape[-2:], mode="bilinear", align_corners=False)
-    bce = F.binary_cross_entropy_with_logits(logits, mask)
-    p = torch.sigmoid(logits)
-    inter = (p * mask).sum(dim=(2, 3))
-    union = (p + mask).sum(dim=(2, 3))
-    iou = 1 - (inter + 1) / (union - inter + 1)
-    return bce + iou.mean()
-
-
-def _pgnet_loss():
-    try:
-        mod = importlib.import_module("uhrcli.models.pgnet_losses")
-    except ModuleNotFoundError as exc:
-        if exc.name != "uhrcli.models.pgnet_losses":
-            raise
-        return None
-    return getattr(mod, "pgnet_loss", None)
+    return bce_iou_loss(logits, mask)
 
 
 def compute_losses(model: nn.Module, x: torch.Tensor, target: torch.Tensor, task: str,
@@ -64,10 +48,7 @@ def compute_losses(model: nn.Module, x: torch.Tensor, target: torch.Tensor, task
     if task == "saliency":
         mask = target[:, None].float()
         if getattr(getattr(model, "info", None), "name", "").startswith("pgnet"):
-            fn = _pgnet_loss()
-            if fn is not None:
-                out = fn(model(x), mask)
-                return dict(out)
+            return dict(pgnet_loss(model(x), mask))
         loss = bce_iou(main_output(model(x)).float(), mask)
         return {"loss": loss}
     logits = main_output(model(x)).float()
