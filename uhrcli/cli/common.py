@@ -12,8 +12,17 @@ from rich.console import Console
 from .. import __version__
 from ..errors import UhrError, UsageError
 
-console = Console()
-console_err = Console(stderr=True)
+
+def _console(stderr: bool = False) -> Console:
+    """Tables piped to a file or a CI log keep their columns: rich would squeeze them into 80."""
+    probe = Console(stderr=stderr)
+    if probe.is_terminal or os.environ.get("COLUMNS"):
+        return probe
+    return Console(stderr=stderr, width=160)
+
+
+console = _console()
+console_err = _console(stderr=True)
 
 app = typer.Typer(
     name="uhr",
