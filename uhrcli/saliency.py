@@ -354,7 +354,8 @@ def _write_small(p: Prepared, logits: torch.Tensor, threshold: float, bit_depth:
             rgb = np.moveaxis(p.image, 0, -1)
             if kind == "rgba":
                 out = np.concatenate([np.rint(rgb).astype(np.uint8), map8[..., None]], axis=-1)
-                _save_pil(out, tmp, "PNG")
+                # photo content: zlib level 3 writes a 4K cut-out ~3x faster than PIL's 6, ~15% larger
+                _save_pil(out, tmp, "PNG", compress_level=3)
             else:
                 a = prob[..., None].astype(np.float32)
                 bg = rgb * OVERLAY_KEEP + OVERLAY_TINT * (1.0 - OVERLAY_KEEP)
