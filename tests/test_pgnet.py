@@ -146,10 +146,10 @@ def test_loss_formulas() -> None:
     pred = torch.randn(2, 1, 32, 32)
     wr.requires_grad_(True)
     out = pgnet_loss((pred, wr, ws, attn), mask[:, 0])
-    assert set(out) == {"loss", "pred", "side", "agl"}
+    assert set(out) == {"loss", "loss_pred", "loss_side", "loss_agl"}
     side = 0.125 * (bce_iou_loss(wr, mask) + bce_iou_loss(ws, mask))
-    assert torch.allclose(out["side"], side) and torch.allclose(out["loss"], out["pred"] + out["side"] + out["agl"])
-    assert out["side"].requires_grad and not out["agl"].requires_grad  # wr/ws are detached inside AGL
+    assert torch.allclose(out["loss_side"], side) and torch.allclose(out["loss"], out["loss_pred"] + out["loss_side"] + out["loss_agl"])
+    assert out["loss_side"].requires_grad and not out["loss_agl"].requires_grad  # wr/ws are detached inside AGL
     with pytest.raises(ValueError, match="training outputs"):
         pgnet_loss(pred, mask)
 
@@ -181,4 +181,4 @@ def test_sgd_steps_reduce_loss_on_real_image() -> None:
         final = pgnet_loss(m(x), y)
     assert all(np.isfinite(losses))
     assert final["loss"].item() < 0.8 * losses[0], (losses, final["loss"].item())
-    assert final["pred"].item() < losses[0]
+    assert final["loss_pred"].item() < losses[0]

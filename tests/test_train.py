@@ -200,13 +200,20 @@ def test_config_toml_defaults_cli_overrides(tmp_path: Path) -> None:
     assert cfg["resolved"]["total_steps"] == 3
 
 
-def test_saliency_training_with_default_loss(shared_data: Path, tmp_path: Path) -> None:
+@pytest.fixture()
+def duts_dir(shared_data: Path, tmp_path: Path) -> Path:
+    """Two real DAVIS frames with their masks in the DUTS layout."""
     root = tmp_path / "sod"
     (root / "DUTS-TR-Image").mkdir(parents=True)
     (root / "DUTS-TR-Mask").mkdir()
     for s in ("00000", "00020"):
         (root / "DUTS-TR-Image" / f"car{s}.jpg").symlink_to(shared_data / "sod" / f"davis_car-shadow_{s}.jpg")
         (root / "DUTS-TR-Mask" / f"car{s}.png").symlink_to(shared_data / "sod" / f"davis_car-shadow_{s}.png")
+    return root
+
+
+def test_saliency_training_with_default_loss(duts_dir: Path, tmp_path: Path) -> None:
+    root = duts_dir
     res = train(_cfg(root, tmp_path / "run", steps=4, crop=64, val=root, val_tile=512))
     assert res.metric_name == "val_mae" and 0.0 <= res.last_val["val_mae"] <= 1.0
     m = build_model(None, res.last)
@@ -229,3 +236,15 @@ def test_isdnet_r18_smoke_training(inria_dir: Path, tmp_path: Path) -> None:
     assert {"loss", "loss_seg", "loss_aspp", "loss_recon", "loss_fa"} <= set(rows[0])
     assert np.isfinite(res.final_loss)
     assert build_model(None, res.last).info.name == "isdnet-r18"
+
+
+def test_pgnet_training_logs_its_loss_terms(duts_dir: Path, tmp_path: Path) -> None:
+    """`uhr train --model pgnet` runs PGNet's own supervision (incl. the attention-guided term) end to end."""
+    out = run_uhr("train", "--data", str(duts_dir), "--model", "pgnet", "-o", str(tmp_path / "run"), "--crop", "224",
+                  "--batch-size", "2", "--steps", "2", "--log-every", "1", "--workers", "0", "-q", timeout=600)
+    assert out.returncode == 0, out.stderr
+    rows = _rows(tmp_path / "run" / "metrics.csv")
+    terms = {k for k in rows[0] if k.startswith("loss") and rows[0][k]}
+    assert len(terms) >= 3 and all(np.isfinite(float(rows[-1][k])) for k in terms)
+    m = build_model(None, tmp_path / "run" / "last.safetensors")
+    assert m.info.name == "pgnet" and m.info.task == "saliency"

@@ -67,7 +67,7 @@ def pgnet_loss(outputs: Sequence[torch.Tensor] | Mapping[str, torch.Tensor], mas
 
     outputs: the training forward's (pred, wr, ws, attn) (a PGNetOutput, tuple, or a dict with those keys);
     mask: (B, 1, H, W) or (B, H, W) saliency in 0..1 at any size (each term resizes it).
-    Returns loss = pred + side + agl, where side already carries the 0.125 weights.
+    Returns loss = loss_pred + loss_side + loss_agl (loss_side already carries the 0.125 weights).
     """
     if isinstance(outputs, torch.Tensor):
         raise ValueError("pgnet_loss got a single tensor (the eval output); it needs the 4 training outputs "
@@ -83,7 +83,7 @@ def pgnet_loss(outputs: Sequence[torch.Tensor] | Mapping[str, torch.Tensor], mas
     l_pred = bce_iou_loss(pred.float(), mask)
     l_side = 0.125 * bce_iou_loss(wr.float(), mask) + 0.125 * bce_iou_loss(ws.float(), mask)
     l_agl = attention_guided_loss(attn, mask, wr, ws)
-    return {"loss": l_pred + l_side + l_agl, "pred": l_pred, "side": l_side, "agl": l_agl}
+    return {"loss": l_pred + l_side + l_agl, "loss_pred": l_pred, "loss_side": l_side, "loss_agl": l_agl}
 
 
 __all__ = ["pgnet_loss", "bce_iou_loss", "attention_guided_loss", "affinity"]
