@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import CheckpointError
+from .layers import init_weights
 
 
 class BasicBlock(nn.Module):
@@ -110,12 +111,7 @@ class ResNetV1c(nn.Module):
             blocks += [block(inplanes, planes, 1, d) for _ in range(n - 1)]
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
             self.out_channels.append(inplanes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_weights(self)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.maxpool(self.stem(x))
