@@ -37,6 +37,7 @@ from .losses import compute_losses, main_output
 from .schedule import poly_lr
 
 LAST, BEST, STATE = "last.safetensors", "best.safetensors", "last_state.pt"
+PLOT_EVERY_S = 60.0
 RUN_FILES = (LAST, BEST, STATE, "metrics.csv", "curves.png", "config.json")
 DEFAULT_EPOCHS = 10
 
@@ -294,6 +295,7 @@ def train(cfg: TrainConfig, on_event: Event | None = None) -> TrainResult:
     last_val: dict[str, float] = {}
     final_loss = float("nan")
     t_win, n_win = time.perf_counter(), 0
+    last_plot = t_win
     model.train()
     loader = torch.utils.data.DataLoader(
         ds, batch_size=cfg.batch_size, sampler=range(step * cfg.batch_size, stop_at * cfg.batch_size),
@@ -360,9 +362,13 @@ def train(cfg: TrainConfig, on_event: Event | None = None) -> TrainResult:
                     _save(model, run / BEST, model_kwargs, {"step": step, "epoch": epoch, "task": spec.task,
                                                             "metric": {metric_name: value}})
                 emit("epoch", {"step": step, "epoch": epoch, "metric_name": metric_name, "best": best, **last_val})
-                plot_curves(run / "metrics.csv", run / "curves.png", metric_name)
-            if step % cfg.checkpoint_every == 0 or step == stop_at:
+            saving = step % cfg.checkpoint_every == 0 or step == stop_at
+            if saving:
                 checkpoint(epoch)
+            # a plot costs 0.2-0.8 s: redraw with checkpoints, else at most once a minute (small epochs)
+            if saving or (epoch_end and time.perf_counter() - last_plot > PLOT_EVERY_S):
+                plot_curves(run / "metrics.csv", run / "curves.png", metric_name)
+                last_plot = time.perf_counter()
             if step >= stop_at:
                 break
     finally:
