@@ -1,6 +1,8 @@
 """Two-scale ISDNet inference: output independent of the tile size, equal to the whole-image forward."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import rasterio
@@ -108,6 +110,7 @@ def test_tiled_deep_branch_with_disk_cache(tmp_path, isd_weights, inria_rgb, mon
     monkeypatch.setattr(twoscale, "DEEP_TILE", 128)
     monkeypatch.setattr(twoscale, "DEEP_CACHE_MEMORY", 0)  # every deep cache on disk
     monkeypatch.setattr(twoscale, "FEATURE_CACHE_BYTES", 0)  # three shallow passes, nothing cached
+    monkeypatch.setattr(twoscale, "DISK_FEATURE_CACHE_BYTES", 0)
     src = tmp_path / "img.tif"
     tifffile.imwrite(src, _mosaic(inria_rgb, 1024))
     a = segment(str(src), tmp_path / "a.zarr", weights=str(isd_weights), tile=512, probs=True)[0]
@@ -117,6 +120,44 @@ def test_tiled_deep_branch_with_disk_cache(tmp_path, isd_weights, inria_rgb, mon
     assert np.abs(p1.astype(int) - p2.astype(int)).max() <= 1
     assert (c1 == c2).mean() >= 0.999
     assert a.output.exists() and not list(tmp_path.glob(".*"))
+
+
+def _run_stats(src, weights, tile, ram, disk):
+    """Class map, probabilities and two-scale stats of one in-process run with the given cache budgets."""
+    from uhrcli.engine import Preprocess
+    from uhrcli.io.readers import open_reader
+    from uhrcli.io.scaling import make_scaler
+    from uhrcli.tiling import TileGrid
+    from uhrcli.twoscale import TwoScalePredictor
+
+    model = build_model(None, weights)
+    reader = open_reader(str(src))
+    pre = Preprocess(make_scaler(reader), model.info.mean, model.info.std)
+    halo = model.info.receptive_field
+    grid = TileGrid(reader.height, reader.width, tile, halo, 32)
+    pred = TwoScalePredictor(model, torch.device("cpu"), feature_cache_bytes=ram, disk_cache_bytes=disk)
+    pred.prepare(reader, pre, grid)
+    tiles = list(grid)
+    out = [pred(pre(reader.read(t.read))[None], [t]) for t in tiles]
+    reader.close()
+    return out, pred.stats, pred._cache
+
+
+def test_shallow_feature_cache_tiers_give_the_same_output(tmp_path, isd_weights, inria_rgb):
+    """RAM, disk and partial caching change only where features wait between passes, never the result."""
+    src = tmp_path / "img.tif"
+    tifffile.imwrite(src, _mosaic(inria_rgb, 768))
+    ram, s_ram, _ = _run_stats(src, isd_weights, 256, 1 << 34, 0)
+    disk, s_disk, cache = _run_stats(src, isd_weights, 256, 0, 1 << 34)
+    part, s_part, _ = _run_stats(src, isd_weights, 256, 0, 0)
+    assert s_ram.shallow_passes == 1 and s_ram.cached_tiles == 9 and s_ram.cached_on_disk == 0
+    assert s_disk.shallow_passes == 1 and s_disk.cached_on_disk == 9
+    assert s_part.shallow_passes == 3 and s_part.cached_tiles == 0
+    for a, b, c in zip(ram, disk, part):
+        assert np.array_equal(a, b)  # fp32 through .npy is exact
+        assert np.abs(a - c).max() < 1e-4
+    assert len(cache) == 0 and cache._tmp is not None and not any(Path(cache._tmp.name).iterdir())
+    cache.close()
 
 
 def test_info_estimate_counts_deep_cache(shared_data):

@@ -13,14 +13,18 @@ Passes over full-resolution tiles:
   A  shallow branch -> sums of fuse16's and fuse8's spatial features
   B  shallow + fuse16 (now exact) -> sum of fuse8's context features
   C  the real pass (the engine's), everything image-wide
-When the shallow features of all tiles fit the cache budget, A computes them
-once and B and C reuse them.
+Pass A caches each tile's shallow features (in RAM up to FEATURE_CACHE_BYTES,
+then on disk up to DISK_FEATURE_CACHE_BYTES); B and C reuse them and run the
+shallow branch again only for tiles beyond both budgets. Which tiles are
+cached depends only on the budgets and the grid, so a resumed run caches the
+same tiles as the uninterrupted one.
 """
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -38,7 +42,8 @@ from .tiling import Tile, TileGrid, ceil_to
 DEEP_TILE = 1024  # shrunk-view pixels per deep tile when the view is too large for one pass
 DEEP_HALO = 256  # shrunk-view pixels of context per side for tiled deep passes
 DEEP_WHOLE_MAX = 2048 * 2048  # shrunk-view pixels run in one pass
-FEATURE_CACHE_BYTES = 768 << 20
+FEATURE_CACHE_BYTES = 768 << 20  # shallow features of whole tiles kept in RAM between passes
+DISK_FEATURE_CACHE_BYTES = 16 << 30  # and beyond that, in .npy files in the temporary folder
 DEEP_CACHE_MEMORY = 256 << 20  # deep caches above this go to zarr scratch
 
 
@@ -82,6 +87,79 @@ class FeatureStore:
             self._tmp.cleanup()
 
 
+class TileFeatureCache:
+    """Per-tile (feat8, feat16) shallow features between passes: RAM first, then .npy files, then nothing.
+
+    Recomputing the shallow branch costs about a second per megapixel-tile on a CPU; reading back 60 MB
+    of fp32 features costs a few hundredths, so a disk tier turns three shallow passes into one for
+    rasters far beyond the RAM budget.
+    """
+
+    def __init__(self, ram_bytes: int, disk_bytes: int, scratch_dir: str | None = None):
+        self.ram_left, self.disk_left = ram_bytes, disk_bytes
+        self.scratch_dir = scratch_dir
+        self._ram: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._disk: dict[tuple[int, int], tuple[str, str]] = {}
+        self._tmp = None
+
+    def __contains__(self, key: tuple[int, int]) -> bool:
+        return key in self._ram or key in self._disk
+
+    def __len__(self) -> int:
+        return len(self._ram) + len(self._disk)
+
+    @property
+    def on_disk(self) -> int:
+        return len(self._disk)
+
+    def put(self, key: tuple[int, int], feat8: torch.Tensor, feat16: torch.Tensor) -> bool:
+        """Keep the pair if a budget allows; False when it must be recomputed later."""
+        nbytes = (feat8.numel() + feat16.numel()) * 4
+        if nbytes <= self.ram_left:
+            self._ram[key] = (feat8.float().cpu(), feat16.float().cpu())
+            self.ram_left -= nbytes
+            return True
+        if nbytes > self.disk_left:
+            return False
+        if self._tmp is None:
+            import tempfile
+
+            self._tmp = tempfile.TemporaryDirectory(prefix="uhr-shallow-", dir=self.scratch_dir)
+        paths = tuple(f"{self._tmp.name}/{key[0]}_{key[1]}_{n}.npy" for n in (8, 16))
+        try:
+            for path, f in zip(paths, (feat8, feat16)):
+                np.save(path, f.float().cpu().numpy())
+        except OSError:  # a full disk is not an error here: this tile will be recomputed
+            for path in paths:
+                Path(path).unlink(missing_ok=True)
+            self.disk_left = 0
+            return False
+        self._disk[key] = paths
+        self.disk_left -= nbytes
+        return True
+
+    def get(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        if key in self._ram:
+            return self._ram[key]
+        p8, p16 = self._disk[key]
+        return torch.from_numpy(np.load(p8)), torch.from_numpy(np.load(p16))
+
+    def pop(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        if key in self._ram:
+            return self._ram.pop(key)
+        feats = self.get(key)
+        for path in self._disk.pop(key):
+            Path(path).unlink(missing_ok=True)
+        return feats
+
+    def close(self) -> None:
+        self._ram.clear()
+        self._disk.clear()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+
 def estimate_cache_bytes(info, height: int, width: int, tile: int, halo: int,
                          memory_limit: int = 0) -> dict[str, int]:
     """RAM that the two-scale caches take for a raster (disk-backed parts counted as 0 RAM)."""
@@ -112,8 +190,9 @@ class TwoScaleStats:
     deep_shape: tuple[int, int] = (0, 0)
     deep_tiled: bool = False
     deep_source: str = ""
-    shallow_passes: int = 0
+    shallow_passes: int = 0  # 1: every tile's features were cached after pass A; 3: some were recomputed
     cached_tiles: int = 0
+    cached_on_disk: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
     gaps: dict[str, torch.Tensor] = field(default_factory=dict)
 
@@ -155,7 +234,8 @@ class TwoScalePredictor:
     """Engine predictor for models with `info.two_scale` (ISDNet)."""
 
     def __init__(self, model: nn.Module, device: torch.device, amp: bool = False, channels_last: bool = True,
-                 feature_cache_bytes: int | None = None, deep_whole_max: int | None = None):
+                 feature_cache_bytes: int | None = None, deep_whole_max: int | None = None,
+                 disk_cache_bytes: int | None = None):
         self.model = model.to(device).eval()
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -165,10 +245,11 @@ class TwoScalePredictor:
         self.deep_stride = int(model.info.extra.get("deep_stride", 32))
         self.classes_only = False
         self.feature_cache_bytes = FEATURE_CACHE_BYTES if feature_cache_bytes is None else feature_cache_bytes
+        self.disk_cache_bytes = DISK_FEATURE_CACHE_BYTES if disk_cache_bytes is None else disk_cache_bytes
         self.deep_whole_max = DEEP_WHOLE_MAX if deep_whole_max is None else deep_whole_max
         self.stats = TwoScaleStats()
         self._deep: FeatureStore | None = None  # (C, hd/8, wd/8) deep features, memory or zarr
-        self._cache: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._cache = TileFeatureCache(0, 0)
         self._gaps: dict[str, torch.Tensor] = {}
 
     # ----------------------------------------------------------------------------------------------
@@ -182,7 +263,8 @@ class TwoScalePredictor:
     def prepare(self, reader: RasterReader, preprocess: Preprocess, grid: TileGrid,
                 progress: Callable | None = None) -> None:
         t0 = time.perf_counter()
-        self._cache.clear()
+        self._cache.close()
+        self._cache = TileFeatureCache(self.feature_cache_bytes, self.disk_cache_bytes)
         self._deep_branch(reader, preprocess, grid)
         self.stats.seconds["deep"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -299,9 +381,6 @@ class TwoScalePredictor:
     def _shallow_stats(self, reader: RasterReader, preprocess: Preprocess, grid: TileGrid) -> None:
         m = self.model
         tiles = list(grid)
-        ih, iw = grid.input_shape
-        per_tile = 4 * (256 * ih * iw // 64 + 512 * ih * iw // 256)
-        cache = per_tile * len(tiles) <= self.feature_cache_bytes
         sums: dict[str, torch.Tensor] = {}
         counts = {8: 0, 16: 0}
 
@@ -310,8 +389,7 @@ class TwoScalePredictor:
             part = feat[:, :, sr, sc].double().sum(dim=(0, 2, 3))
             sums[key] = sums.get(key, 0) + part
 
-        passes = 0
-        # pass A: spatial-side sums of both fusions
+        # pass A: spatial-side sums of both fusions; every tile's features cached while a budget allows
         for t, x, _ in prefetch_tiles(reader, tiles, preprocess):
             with autocast(self.device, self.amp):
                 feat8, feat16 = self._shallow(self._t(x))
@@ -322,24 +400,28 @@ class TwoScalePredictor:
             for s in (8, 16):
                 sr, sc = _cells(t, s)
                 counts[s] += (sr.stop - sr.start) * (sc.stop - sc.start)
-            if cache:
-                self._cache[(t.row, t.col)] = (feat8.cpu(), feat16.cpu())
-        passes += 1
+            self._cache.put((t.row, t.col), feat8, feat16)
         self._gaps["s16"] = (sums["s16"] / counts[16]).float()[None].to(self.device)
         self._gaps["s8"] = (sums["s8"] / counts[8]).float()[None].to(self.device)
-        # pass B: context-side sum of fuse8 (needs fuse16 with its image-wide attention)
-        source = ((t, None, None) for t in tiles) if cache else prefetch_tiles(reader, tiles, preprocess)
-        for t, x, _ in source:
+        # pass B: context-side sum of fuse8 (needs fuse16 with its image-wide attention), in tile order;
+        # only tiles beyond the cache budgets are read and run through the shallow branch again
+        missing = [t for t in tiles if (t.row, t.col) not in self._cache]
+        reread = prefetch_tiles(reader, missing, preprocess) if missing else iter(())
+        for t in tiles:
             with autocast(self.device, self.amp):
-                feat8, feat16 = self._cache[(t.row, t.col)] if cache else self._shallow(self._t(x))
+                if (t.row, t.col) in self._cache:
+                    feat8, feat16 = self._cache.get((t.row, t.col))
+                else:
+                    _, x, _ = next(reread)
+                    feat8, feat16 = self._shallow(self._t(x))
                 f16 = self._fuse16(feat16.to(self.device), self._deep_crop([t]), self._gaps["s16"])
                 c8 = m.fuse8.context_att.conv_bn_relu(f16).float()
             # c8 lives at 1/16 (fuse8's context is the fused 1/16 map)
             add("c8", c8, t, 16)
-        passes += 0 if cache else 1
         self._gaps["c8"] = (sums["c8"] / counts[16]).float()[None].to(self.device)
-        self.stats.shallow_passes = passes + (0 if cache else 1)
+        self.stats.shallow_passes = 1 if not missing else 3
         self.stats.cached_tiles = len(self._cache)
+        self.stats.cached_on_disk = self._cache.on_disk
 
     # -- the real pass -----------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -350,7 +432,10 @@ class TwoScalePredictor:
                 feats = [self._cache.pop((t.row, t.col)) for t in tiles]
                 feat8 = torch.cat([f[0] for f in feats]).to(self.device)
                 feat16 = torch.cat([f[1] for f in feats]).to(self.device)
-            else:
+            else:  # a batch across the budget's edge: recompute it, drop what was cached of it
+                for t in tiles:
+                    if (t.row, t.col) in self._cache:
+                        self._cache.pop((t.row, t.col))
                 feat8, feat16 = self._shallow(self._t(batch))
             n = feat8.shape[0]
             f16 = self._fuse16(feat16, self._deep_crop(tiles), self._gaps["s16"])
