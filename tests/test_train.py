@@ -248,3 +248,20 @@ def test_pgnet_training_logs_its_loss_terms(duts_dir: Path, tmp_path: Path) -> N
     assert len(terms) >= 3 and all(np.isfinite(float(rows[-1][k])) for k in terms)
     m = build_model(None, tmp_path / "run" / "last.safetensors")
     assert m.info.name == "pgnet" and m.info.task == "saliency"
+
+
+def test_backbone_weights_reach_the_isdnet_deep_branch(inria_dir: Path, tmp_path: Path) -> None:
+    """`--backbone-weights` with a torchvision ResNet-18 file loads its layers into isdnet-r18's backbone."""
+    from uhrcli.models import create_model
+
+    ref = create_model("isdnet-r18").backbone.state_dict()
+    g = torch.Generator().manual_seed(5)
+    tv = {k: torch.randn(v.shape, generator=g) for k, v in ref.items()
+          if k.startswith("layer") and v.is_floating_point() and not k.endswith(("running_mean", "running_var"))}
+    tv["fc.weight"] = torch.zeros(1000, 512)
+    torch.save(tv, tmp_path / "resnet18.pth")
+    res = train(_cfg(inria_dir, tmp_path / "run", model="isdnet-r18", steps=1, crop=128, batch_size=2,
+                     optimizer="sgd", lr=1e-12, weight_decay=0.0, backbone_weights=tmp_path / "resnet18.pth"))
+    assert any("backbone weights" in n and "loaded" in n for n in res.notes)
+    sd, _ = load_checkpoint(res.last)
+    assert torch.allclose(sd["backbone.layer3.1.conv1.weight"].float(), tv["layer3.1.conv1.weight"], atol=1e-6)

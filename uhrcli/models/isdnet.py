@@ -27,7 +27,7 @@ from .base import ModelInfo, default_palette
 from .isdnet_losses import (IGNORE_INDEX, LOSS_WEIGHTS, feature_affinity_loss, recon_loss, seg_ce)
 from .layers import ConvBNAct, SegHead, init_classifier, init_weights, resize
 from .registry import register_model
-from .resnet import BasicBlock, Bottleneck, ResNetV1c, resnet_v1c_d8
+from .resnet import BasicBlock, Bottleneck, ResNetV1c, load_backbone_weights, resnet_v1c_d8
 from .stdc import LaplacianPyramid, ShallowNet
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
@@ -336,6 +336,10 @@ class ISDNet(nn.Module):
             "residual_sum": inp[:, :3] + inp[:, 3:],
         }
 
+    def load_backbone_weights(self, path: str) -> dict[str, Any]:
+        """ImageNet ResNet weights (torchvision layout) into the deep branch; `uhr train --backbone-weights`."""
+        return load_backbone_weights(self, path)
+
     def losses(self, x: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX
                ) -> dict[str, torch.Tensor]:
         """Weighted official losses plus 'loss' (their sum). target: (B, H, W) class ids, 255 ignored.
@@ -405,6 +409,10 @@ class DeepLabV3(nn.Module):
             x = F.interpolate(x, size=(h // self.down_ratio, w // self.down_ratio), mode="nearest")
         feat = self.decode_head.features(self.backbone(x)[-1])
         return resize(self.decode_head.cls_seg(feat), (h, w))
+
+    def load_backbone_weights(self, path: str) -> dict[str, Any]:
+        """ImageNet ResNet weights (torchvision layout) into the deep branch; `uhr train --backbone-weights`."""
+        return load_backbone_weights(self, path)
 
     def losses(self, x: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX
                ) -> dict[str, torch.Tensor]:
