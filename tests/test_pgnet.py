@@ -182,3 +182,32 @@ def test_sgd_steps_reduce_loss_on_real_image() -> None:
     assert all(np.isfinite(losses))
     assert final["loss"].item() < 0.8 * losses[0], (losses, final["loss"].item())
     assert final["loss_pred"].item() < losses[0]
+
+
+def test_backbone_weights_fill_each_encoder(tmp_path):
+    """ImageNet files in the upstream layouts: Swin ('model' wrapper, head, masks) and torchvision ResNet-18."""
+    from uhrcli.errors import CheckpointError
+
+    m = create_model("pgnet", swin_depths=(2, 2, 2, 2))
+    own = m.state_dict()
+    g = torch.Generator().manual_seed(0)
+    swin = {k[len("swin."):]: torch.randn(v.shape, generator=g) for k, v in own.items()
+            if k.startswith("swin.") and v.is_floating_point() and "atten_mask" not in k}
+    swin["head.weight"] = torch.zeros(1000, 1024)
+    swin["layers.0.blocks.1.attn_mask"] = torch.zeros(64, 49, 49)
+    torch.save({"model": swin}, tmp_path / "swin_base.pth")
+    res = {k[len("resnet."):]: torch.randn(v.shape, generator=g) for k, v in own.items()
+           if k.startswith("resnet.") and v.is_floating_point()}
+    res["fc.weight"] = torch.zeros(1000, 512)
+    torch.save(res, tmp_path / "resnet18.pth")
+    rep_s = m.load_backbone_weights(str(tmp_path / "swin_base.pth"))
+    rep_r = m.load_backbone_weights(str(tmp_path / "resnet18.pth"))
+    after = m.state_dict()
+    assert torch.equal(after["swin.layers.1.blocks.0.attn.qkv.weight"], swin["layers.1.blocks.0.attn.qkv.weight"])
+    assert torch.equal(after["resnet.layer4.1.conv2.weight"], res["layer4.1.conv2.weight"])
+    assert torch.equal(after["swin.layers.0.blocks.1.atten_mask"], own["swin.layers.0.blocks.1.atten_mask"])
+    assert "head.weight" in rep_s["skipped"] and "fc.weight" in rep_r["skipped"] and not rep_r["missing"]
+    bad = {"conv1.weight": torch.zeros(64, 3, 7, 7), "layer1.0.conv1.weight": torch.zeros(64, 64, 1, 1)}
+    torch.save(bad, tmp_path / "resnet50.pth")
+    with pytest.raises(CheckpointError, match="shape"):
+        m.load_backbone_weights(str(tmp_path / "resnet50.pth"))

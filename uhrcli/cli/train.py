@@ -31,7 +31,7 @@ def train_cmd(
     weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="Default sgd 5e-4, adamw 0.01."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps."),
     amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="fp16 autocast (CUDA only; default on for CUDA)."),
-    backbone_weights: Optional[Path] = typer.Option(None, "--backbone-weights", help="ImageNet backbone weights for the model's load_backbone_weights."),
+    backbone_weights: Optional[Path] = typer.Option(None, "--backbone-weights", help="ImageNet weights from a file: a torchvision ResNet for isdnet/deeplabv3; for pgnet a ResNet-18 and a Swin-B file, comma-separated."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in -o from its last checkpoint (settings from its config.json)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start over in a non-empty run folder."),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML file of defaults (top-level keys or [train]); flags override it."),

@@ -12,7 +12,7 @@ Module names mirror the official implementation so its released checkpoints (sav
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence, cast
+from typing import Any, NamedTuple, Sequence, cast
 
 import torch
 import torch.nn as nn
@@ -219,6 +219,36 @@ class PGNet(nn.Module):
             elif isinstance(m, (nn.BatchNorm2d, nn.LayerNorm)):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+
+    def load_backbone_weights(self, path: str) -> dict[str, Any]:
+        """ImageNet weights for one encoder, found by its keys: a torchvision ResNet-18 file (conv1, layer1..4)
+        fills `resnet`, a Swin-B file (patch_embed, layers.N.blocks...) fills `swin`. Heads, classifier and
+        the buffers PGNet computes itself (window masks, position indices) are skipped; a shape mismatch is
+        an error, since a Swin-L or ResNet-50 file would load silently wrong."""
+        from ..errors import CheckpointError
+        from .checkpoint import load_checkpoint
+
+        state, _ = load_checkpoint(path)
+        if any(k.startswith(("patch_embed.", "layers.")) for k in state):
+            prefix, heads, computed = "swin.", ("head.",), ("attn_mask", "atten_mask", "relative_position_index")
+        elif "conv1.weight" in state and any(k.startswith("layer1.") for k in state):
+            prefix, heads, computed = "resnet.", ("fc.",), ("num_batches_tracked",)
+        else:
+            raise CheckpointError(f"{path}: neither a torchvision ResNet-18 nor a Swin state_dict")
+        own = self.state_dict()
+        take, skipped = {}, []
+        for k, v in state.items():
+            if k.startswith(heads) or any(c in k for c in computed) or prefix + k not in own:
+                skipped.append(k)
+                continue
+            if own[prefix + k].shape != v.shape:
+                raise CheckpointError(f"{path}: {k} has shape {tuple(v.shape)}, PGNet's {prefix}{k} is "
+                                      f"{tuple(own[prefix + k].shape)}")
+            take[prefix + k] = v
+        missing = [k for k in own if k.startswith(prefix) and k not in take and not any(c in k for c in computed)]
+        self.load_state_dict(take, strict=False)
+        notes = [f"{len(missing)} {prefix[:-1]} tensor(s) not in the file, e.g. {missing[0]}"] if missing else []
+        return {"loaded": len(take), "skipped": skipped, "missing": missing, "notes": notes, "source": str(path)}
 
     def forward(self, x: torch.Tensor, return_aux: bool | None = None,
                 out_size: Sequence[int] | None = None) -> torch.Tensor | PGNetOutput:

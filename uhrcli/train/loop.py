@@ -229,12 +229,13 @@ def train(cfg: TrainConfig, on_event: Event | None = None) -> TrainResult:
     if cfg.backbone_weights is not None and not cfg.resume:
         if not hasattr(model, "load_backbone_weights"):
             raise UsageError(f"model {cfg.model} has no backbone loader: --backbone-weights is not supported for it")
-        if not Path(cfg.backbone_weights).exists():
-            raise MissingInputError(f"backbone weights not found: {cfg.backbone_weights}")
-        rep = model.load_backbone_weights(str(cfg.backbone_weights))
-        if isinstance(rep, dict) and "loaded" in rep:
-            notes.append(f"backbone weights: {rep['loaded']} tensor(s) loaded from {cfg.backbone_weights}")
-            notes.extend(rep.get("notes", []))
+        for part in str(cfg.backbone_weights).split(","):  # PGNet takes two: its ResNet's and its Swin's
+            if not Path(part).exists():
+                raise MissingInputError(f"backbone weights not found: {part}")
+            rep = model.load_backbone_weights(part)
+            if isinstance(rep, dict) and "loaded" in rep:
+                notes.append(f"backbone weights: {rep['loaded']} tensor(s) loaded from {part}")
+                notes.extend(rep.get("notes", []))
     model.to(device)
     opt = _optimizer(cfg, model, base_lr)
     scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda")
