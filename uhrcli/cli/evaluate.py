@@ -12,10 +12,11 @@ from typing import Optional
 
 import numpy as np
 import typer
-from typer.core import TyperGroup
 from rich.table import Table
+from typer.core import TyperGroup
 
 from .common import app, console, console_err
+
 
 class _RunByDefault(TyperGroup):
     """`uhr eval --model M --weights W --data D` means `uhr eval run ...`: options first pick `run`."""

@@ -32,7 +32,7 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, model_kwargs: dic
     info: ModelInfo = model.info
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     if half:
-        state = {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}
+        state = _half(state)
     meta = {
         "format_version": FORMAT_VERSION,
         "model": info.name,
@@ -41,6 +41,11 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, model_kwargs: dic
         "extra": extra or {},
     }
     return _write_safetensors(state, meta, path)
+
+
+def _half(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Floating tensors to fp16; integer buffers (num_batches_tracked, indices) stay as they are."""
+    return {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}
 
 
 def _write_safetensors(state: dict[str, torch.Tensor], meta: dict[str, Any], path: Path) -> Path:
@@ -68,7 +73,7 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, half: b
                               "`uhr weights convert`")
     build_model(None, src)  # refuse anything that would not load
     if half:
-        state = {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}
+        state = _half(state)
     meta = {**meta, "extra": {**meta.get("extra", {}), "exported_from": Path(src).name, "half": half}}
     dst.parent.mkdir(parents=True, exist_ok=True)
     return _write_safetensors({k: v.contiguous() for k, v in state.items()}, meta, dst)

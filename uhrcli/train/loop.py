@@ -379,7 +379,7 @@ def train(cfg: TrainConfig, on_event: Event | None = None) -> TrainResult:
         ds.close()
     if step == resumed_from:  # nothing left to do (a resume of a finished run)
         notes.append(f"nothing to train: the run is already at step {step} of {total}")
-    plot_curves(run / "metrics.csv", run / "curves.png", metric_name)
+    # the last step always checkpoints, and the curves were redrawn with it
     result = TrainResult(run_dir=run, last=run / LAST, best=(run / BEST) if (run / BEST).exists() else None,
                          step=step, total_steps=total, epoch=(max(step, 1) - 1) // spe + 1, metric_name=metric_name,
                          best_metric=best, last_val=last_val, final_loss=final_loss,
