@@ -13,6 +13,7 @@ import torch
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "data"  # ships with the repository
 
 
 @pytest.fixture(scope="session")
@@ -41,9 +42,9 @@ def run_uhr(*args: str, cwd: Path | None = None, timeout: int = 300) -> subproce
 
 
 @pytest.fixture(scope="session")
-def inria_rgb(shared_data) -> np.ndarray:
-    """A real 0.3 m aerial crop (3, 1000, 1000) uint8."""
+def inria_rgb() -> np.ndarray:
+    """A real 0.3 m aerial crop (3, 1000, 1000) uint8 (the bundled example image)."""
     import rasterio
 
-    with rasterio.open(shared_data / "aerial_seg" / "deeposlandia_inria_aerial_sample_img.tif") as ds:
+    with rasterio.open(EXAMPLES / "austin_inria_crop.tif") as ds:
         return ds.read()

@@ -81,23 +81,26 @@ def test_branch_shapes_r50():
 
 @torch.no_grad()
 @pytest.mark.parametrize("name", ["isdnet-r18", "isdnet-r18-psp"])
-def test_decomposition_equals_forward(name):
+def test_stage_composition_equals_the_official_module_order(name):
+    """forward() is composed of the tiled inferer's stages; the training path uses the fusion modules as the
+    official code writes them (weights from the means, context resized, context_head, smooth): they agree."""
     m = _perturbed(name)
-    x = torch.randn(2, 3, 256, 256)
-    ref = m(x)
+    for p in (m.fuse16.g1, m.fuse16.g2, m.fuse8.g1, m.fuse8.g2):
+        p.fill_(0.5)  # open the relation gates so the affinity MLPs take part
+    for size in ((256, 256), (250, 333)):
+        x = torch.randn(2, 3, *size)
+        ref = m(x)
+        deep = m.decode_head.features(m.backbone(m.deep_input(x))[3])
+        feat8, feat16 = m.shallow(x)
+        f16, _ = m.fuse16(feat16, deep)
+        f8, _ = m.fuse8(feat8, f16)
+        out = F.interpolate(m.conv_seg(f8), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        assert torch.allclose(out, ref, atol=1e-5, rtol=1e-5)
     c4 = m.deep_backbone(m.deep_input(x))
     pooled = m.deep_pool(c4) / (c4.shape[-2] * c4.shape[-1])
-    deep = m.deep_head(c4, pooled_mean=pooled)
-    assert torch.allclose(deep, m.deep_head(c4), atol=1e-5)
-    feat8, feat16 = m.shallow(x)
-    s, c = m.fuse16.features(sp=feat16, cp=deep)
-    f16 = m.fuse16.combine(s, c, s.mean((2, 3)), c.mean((2, 3)), s.shape[-2:])
-    s, c = m.fuse8.features(sp=feat8, cp=f16)
-    f8 = m.fuse8.combine(s, c, s.mean((2, 3)), c.mean((2, 3)), s.shape[-2:])
-    out = F.interpolate(m.classify(f8), size=x.shape[-2:], mode="bilinear", align_corners=False)
-    assert torch.allclose(out, ref, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(m.deep_head(c4, pooled_mean=pooled), m.deep_head(c4), atol=1e-5)
     # the pooled hook is live: another statistic changes the deep features
-    assert not torch.allclose(m.deep_head(c4, pooled_mean=pooled * 2), deep, atol=1e-4)
+    assert not torch.allclose(m.deep_head(c4, pooled_mean=pooled * 2), m.deep_head(c4), atol=1e-4)
 
 
 @torch.no_grad()
@@ -124,11 +127,12 @@ def test_shallow_receptive_field_matches_autograd():
         return s.mean((2, 3)).detach(), c.mean((2, 3)).detach()
 
     f8, f16 = m.shallow(x)
-    s16, c16 = m.fuse16.features(f16, deep)
-    fu = m.fuse16.combine(s16, c16, *gaps(s16, c16), s16.shape[-2:])
-    s8, c8 = m.fuse8.features(f8, fu)
-    y = F.interpolate(m.classify(m.fuse8.combine(s8, c8, *gaps(s8, c8), s8.shape[-2:])), size=(size, size),
-                      mode="bilinear", align_corners=False)
+    s8, s16, c16 = m.spatial8(f8), m.spatial16(f16), m.deep_context(deep)
+    s_w16, c_w16 = m.fusion_weights(16, *gaps(s16, c16))
+    c8 = m.fuse16_context(s16, F.interpolate(c16 * c_w16, size=s16.shape[-2:], mode="bilinear"), s_w16)
+    s_w8, c_w8 = m.fusion_weights(8, *gaps(s8, c8))
+    logits = m.fuse8_logits(s8, F.interpolate(c8 * c_w8, size=s8.shape[-2:], mode="bilinear"), s_w8)
+    y = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
     reach = 0
     for phase in (0, 3):  # output phases mod 8: 3 is the worst (bilinear vs conv grid offsets), 0 a typical one
         p = centre + phase
@@ -236,20 +240,100 @@ def test_params_and_flops():
     assert count_flops(down, (1, 3, 128, 128), device="cpu") == count_flops(down, (1, 3, 128, 128))
 
 
-def test_converter_round_trip_and_report(tmp_path):
+def official_state_dict(m: torch.nn.Module) -> dict:
+    """An ISDNet state dict laid out as the official mmseg 0.16 code builds it, by its own module structure:
+    EncoderDecoderRefine(backbone, decode_head, auxiliary_head, refine_head=ISDHead), the ISDHead's
+    ShallowNet holding `x2 = nn.Sequential(self.features[:1])` ... `x16 = nn.Sequential(self.features[4:6])`.
+    The alias keys come from nn.Sequential's slicing rule, not from the converter's inverse."""
+    nn = torch.nn
+
+    class ShallowNetLayout(nn.Module):
+        def __init__(self, features: nn.Sequential):
+            super().__init__()
+            self.features = features
+            self.x2 = nn.Sequential(self.features[:1])
+            self.x4 = nn.Sequential(self.features[1:2])
+            self.x8 = nn.Sequential(self.features[2:4])
+            self.x16 = nn.Sequential(self.features[4:6])
+
+    class ISDHeadLayout(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fuse8, self.fuse16, self.sr_decoder = m.fuse8, m.fuse16, m.sr_decoder
+            self.stdc_net = ShallowNetLayout(m.stdc_net.features)
+            self.conv_seg_aux_16, self.conv_seg_aux_8, self.conv_seg = m.conv_seg_aux_16, m.conv_seg_aux_8, m.conv_seg
+
+    class SegmentorLayout(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone, self.decode_head, self.auxiliary_head = m.backbone, m.decode_head, m.auxiliary_head
+            self.refine_head = ISDHeadLayout()
+
+    return SegmentorLayout().state_dict()
+
+
+def mmcv_checkpoint(state: dict, path) -> None:
+    """Saved as mmcv's save_checkpoint does: meta (numpy scalars included), state_dict, optimizer."""
+    import collections
+
+    import numpy as np
+
+    params = [v for k, v in state.items() if v.is_floating_point()][:3]
+    opt = torch.optim.SGD([torch.nn.Parameter(p.clone()) for p in params], lr=0.01, momentum=0.9)
+    for p in opt.param_groups[0]["params"]:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    meta = {"mmcv_version": "1.3.13", "time": "Tue Mar  1 10:00:00 2022", "env_info": "sys.platform: linux",
+            "seed": np.int64(1234), "exp_name": "isdnet_r18-d8_1224x1224_80k_DeepGlobe.py",
+            "CLASSES": ("unknown", "urban", "agriculture", "rangeland", "forest", "water", "barren"),
+            "PALETTE": [[0, 0, 0], [0, 255, 255]], "epoch": 1, "iter": 80000,
+            "hook_msgs": {"last_ckpt": "work_dirs/iter_80000.pth", "best_score": np.float64(0.733),
+                          "best_ckpt": "work_dirs/best_mIoU_iter_72000.pth"}}
+    torch.save({"meta": meta, "state_dict": collections.OrderedDict(state), "optimizer": opt.state_dict()}, path)
+
+
+def test_converter_loads_the_official_layout_strictly(tmp_path):
     m = _perturbed("isdnet-r18", num_classes=7)
     ours = m.state_dict()
-    official = to_official_keys(ours)
-    assert "refine_head.stdc_net.x16.0.1.conv_list.0.conv.weight" in official
-    assert "decode_head.image_pool.1.conv.weight" in official and "backbone.stem.7.weight" in official
-    wrapped = {"state_dict": {"module." + k: v for k, v in official.items()}, "meta": {}}
-    wrapped["state_dict"]["module.refine_head.something_new.weight"] = torch.zeros(3)
-    new, report = convert_isdnet_mmseg(wrapped, reference=ours)
-    assert set(new) == set(ours)
-    assert all(torch.equal(new[k], ours[k]) for k in ours)
+    official = official_state_dict(m)
+    assert len(ours) == 440 and len(official) == 560  # 120 STDC alias keys
+    assert "refine_head.stdc_net.x8.0.3.conv_list.0.conv.weight" in official
+    assert "refine_head.stdc_net.x16.0.5.conv_list.3.bn.running_var" in official
+    assert set(to_official_keys(ours)) == set(official)  # the exporter writes the same layout
+    new, report = convert_isdnet_mmseg({"state_dict": {"module." + k: v for k, v in official.items()}}, ours)
+    assert set(new) == set(ours) and all(torch.equal(new[k], ours[k]) for k in ours)
+    assert len(report["aliases"]) == 120 and not report["unmapped"] and not report["missing"]
+    assert not report["shape_mismatch"] and not report["alias_mismatch"]
+    # a file as mmcv writes it (numpy scalars in meta, optimizer state) converts strictly and loads
+    src = tmp_path / "deepglobe_iter_80000.pth"
+    mmcv_checkpoint(official, src)
+    rep = convert_file(src, tmp_path / "ours.safetensors", "isdnet-r18")
+    assert rep["mapped"] == 440 and len(rep["aliases"]) == 120
+    from uhrcli.models import build_model
+
+    m2 = build_model(None, tmp_path / "ours.safetensors")
+    assert m2.info.num_classes == 7
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        assert torch.allclose(m2(x), m(x), atol=1e-6)
+    # an alias that disagrees with its target is reported, never dropped silently
+    bad = dict(official)
+    bad["refine_head.stdc_net.x8.0.3.conv_list.0.conv.weight"] = torch.zeros_like(
+        bad["refine_head.stdc_net.x8.0.3.conv_list.0.conv.weight"])
+    _, rep2 = convert_isdnet_mmseg(bad, ours)
+    assert rep2["alias_mismatch"] == ["refine_head.stdc_net.x8.0.3.conv_list.0.conv.weight"]
+    torch.save({"state_dict": bad}, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError, match="unmapped"):
+        convert_file(tmp_path / "bad.pth", tmp_path / "x.safetensors", "isdnet-r18")
+
+
+def test_converter_reports_the_released_aspp_layout():
+    m = _perturbed("isdnet-r18", num_classes=7)
+    ours = m.state_dict()
+    official = official_state_dict(m)
+    official["refine_head.something_new.weight"] = torch.zeros(3)
+    _, report = convert_isdnet_mmseg(official, reference=ours)
     assert report["unmapped"] == ["refine_head.something_new.weight"]
-    assert not report["missing"] and not report["shape_mismatch"]
-    assert len(report["aliases"]) > 0
     # the released deepglobe.pth pattern: an ASPP ConvModule saved as conv+bias without BN
     bad = dict(official)
     for s in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
@@ -266,21 +350,6 @@ def test_converter_round_trip_and_report(tmp_path):
     bn.load_state_dict({k.split(".bn.")[1]: v for k, v in new2.items() if k.startswith("decode_head.aspp_modules.1.bn.")})
     z = torch.randn(1, 128, 4, 4)
     assert torch.allclose(bn(z), z + bad["decode_head.aspp_modules.1.conv.bias"][:, None, None], atol=1e-6)
-    # file conversion: torch .pth -> uhr safetensors, then the model rebuilds from it alone
-    src = tmp_path / "official.pth"
-    torch.save({"state_dict": official, "meta": {"iter": 80000}}, src)
-    rep3 = convert_file(src, tmp_path / "ours.safetensors", "isdnet-r18")
-    assert not rep3["unmapped"]
-    from uhrcli.models import build_model
-
-    m2 = build_model(None, tmp_path / "ours.safetensors")
-    assert m2.info.num_classes == 7
-    x = torch.randn(1, 3, 128, 128)
-    with torch.no_grad():
-        assert torch.allclose(m2(x), m(x), atol=1e-6)
-    torch.save({"state_dict": bad}, tmp_path / "bad.pth")
-    with pytest.raises(CheckpointError, match="unmapped"):
-        convert_file(tmp_path / "bad.pth", tmp_path / "x.safetensors", "isdnet-r18")
 
 
 def test_backbone_weights_torchvision_layout(tmp_path):

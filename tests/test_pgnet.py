@@ -22,8 +22,8 @@ from uhrcli.models import build_model, create_model, list_models
 from uhrcli.models.pgnet import PGNet, PGNetOutput
 from uhrcli.models.pgnet_losses import affinity, attention_guided_loss, bce_iou_loss, pgnet_loss
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-SHAPES_JSON = SHARED / "reference" / "pgnet_state_dict_shapes.json"
+# keys and shapes of the released checkpoints, read from the official code (copied from shared/reference)
+SHAPES_JSON = Path(__file__).resolve().parent / "data" / "pgnet_state_dict_shapes.json"
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +51,6 @@ def test_state_dict_matches_released_layout(model: PGNet) -> None:
     assert tuple(sd["decoder.GF.conv.weight"].shape) == (8, 8, 3, 3)
     assert "swin.layers.2.downsample.reduction.weight" not in sd  # the last built stage has no merge
     assert sum(v.numel() for k, v in sd.items() if not k.endswith("num_batches_tracked")) / 1e6 == pytest.approx(73.1, abs=0.1)
-    if not SHAPES_JSON.exists():
-        pytest.skip("shared/reference/pgnet_state_dict_shapes.json not present")
     ref = json.loads(SHAPES_JSON.read_text())
     assert list(sd) == list(ref)  # same keys, same order
     bad = {k: (list(sd[k].shape), ref[k]) for k in ref if list(sd[k].shape) != ref[k]}
@@ -211,3 +209,40 @@ def test_backbone_weights_fill_each_encoder(tmp_path):
     torch.save(bad, tmp_path / "resnet50.pth")
     with pytest.raises(CheckpointError, match="shape"):
         m.load_backbone_weights(str(tmp_path / "resnet50.pth"))
+
+
+def test_uhr_saliency_equals_the_official_test_script(model: PGNet, tmp_path: Path) -> None:
+    """End to end against PGNet's src/test.py: cv2 reads BGR -> RGB float, normalise, cv2.resize to 1024
+    (INTER_LINEAR), net(image, shape) upsamples the 1/4 logits once, straight to the image size, sigmoid,
+    x255, round. `uhr saliency` must write the same PNG (a photo that is neither square nor 1024)."""
+    cv2 = pytest.importorskip("cv2")  # installed with the saliency-metrics extra (pysodmetrics)
+    import rasterio
+    from PIL import Image
+
+    from uhrcli.saliency import run_saliency
+
+    with rasterio.open(Path(__file__).resolve().parents[1] / "examples" / "data" / "austin_inria_crop.tif") as ds:
+        rgb = ds.read()[:, :700, :].transpose(1, 2, 0)  # 700 x 1000
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.ascontiguousarray(rgb)).save(photo)
+    # the official script, step by step
+    image = cv2.imread(str(photo)).astype(np.float32)[:, :, ::-1].copy()
+    shape = image.shape[:2]
+    image = (image - np.array([[[124.55, 118.90, 102.94]]])) / np.array([[[56.77, 55.97, 57.50]]])
+    image = cv2.resize(image, dsize=(1024, 1024), interpolation=cv2.INTER_LINEAR)
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+    with torch.no_grad():
+        p = model(x, out_size=shape)
+        out = F.interpolate(p, size=shape, mode="bilinear")
+    official = np.round(torch.sigmoid(out[0, 0]).numpy() * 255).astype(np.uint8)
+    assert official.std() > 1, "a map with some structure, for the comparison to mean anything"
+    rep = run_saliency(photo, tmp_path / "out", net=model, size=1024)
+    ours = np.asarray(Image.open(tmp_path / "out" / "photo.png"))
+    assert rep.ok and ours.shape == official.shape
+    diff = np.abs(ours.astype(int) - official)
+    assert diff.max() <= 1 and (diff == 0).mean() > 0.999
+    # resizing to 1024 and then again to the image size (what uhr did before) is measurably different
+    with torch.no_grad():
+        twice = F.interpolate(model(x), size=shape, mode="bilinear")
+    twice8 = np.round(torch.sigmoid(twice[0, 0]).numpy() * 255).astype(int)
+    assert np.abs(twice8 - official).max() >= 1

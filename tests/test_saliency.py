@@ -115,7 +115,8 @@ def test_cli_reports_corrupt_and_resumes(mixed: Path, tmp_path: Path) -> None:
 
 
 def test_map_equals_direct_computation() -> None:
-    """normalise -> resize SxS -> model -> resize back -> sigmoid -> round(x255), as PGNet's test script."""
+    """normalise -> resize SxS -> model's logits -> resized once to HxW -> sigmoid -> round(x255), as PGNet's
+    test script (which upsamples its 1/4 logits straight to the image size)."""
     path = _photos() / "chelsea.png"
     net = build_model("fcn-tiny", "random", task="saliency", seed=3)
     img = np.asarray(Image.open(path).convert("RGB"), np.float32)
@@ -125,7 +126,8 @@ def test_map_equals_direct_computation() -> None:
     x = (torch.from_numpy(img).permute(2, 0, 1)[None] - mean) / std
     x = F.interpolate(x, size=(128, 128), mode="bilinear", align_corners=False)
     with torch.no_grad():
-        y = net(x)
+        y = net.forward_logits(x)  # 1/2 of S: no intermediate resize to S
+    assert y.shape[-1] == 64
     y = F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False)
     ref = torch.round(torch.sigmoid(y)[0, 0] * 255).to(torch.uint8).numpy()
     import tempfile

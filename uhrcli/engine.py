@@ -14,7 +14,6 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -24,7 +23,7 @@ from .io.readers import RasterReader
 from .io.scaling import Scaler, normalise
 from .merge import BlendMerger, CropMerger
 from .scratch import Scratch
-from .tiling import Tile, TileGrid
+from .tiling import Tile, TileGrid, window_slices
 
 _STOP = object()
 
@@ -81,29 +80,49 @@ class Preprocess:
         return normalise(self.scaler(raw), self.mean, self.std).astype(np.float32, copy=False)
 
 
+@dataclass
+class TileData:
+    """One tile as the reader hands it over: pixels (when the predictor needs them) and validity."""
+
+    tile: Tile
+    x: np.ndarray | None  # normalised (C, h, w) float32, or None
+    valid: np.ndarray | None  # (h, w) over the read window, or None when every pixel is valid
+    nodata: bool = False  # the core holds no valid pixel: nothing to run
+
+    @property
+    def key(self) -> tuple[int, ...] | None:
+        """Tiles batch together when their keys are equal (same input shape, or no pixels)."""
+        return None if self.x is None else tuple(self.x.shape)
+
+
+def _read_tile(reader: RasterReader, t: Tile, preprocess: Preprocess, want_pixels: bool) -> TileData:
+    valid = reader.read_mask(t.read)
+    if valid is not None:
+        sr, sc = t.core_in_tile
+        if not valid[sr, sc].any():
+            return TileData(t, None, valid, nodata=True)
+    x = preprocess(reader.read(t.read)) if want_pixels else None
+    return TileData(t, x, valid)
+
+
 def _reader_thread(reader: RasterReader, tiles: list[Tile], preprocess: Preprocess, out: queue.Queue,
-                   stop: threading.Event, stats: EngineStats) -> None:
+                   stop: threading.Event, stats: EngineStats, needs_pixels: Callable[[Tile], bool]) -> None:
+    t = tiles[0] if tiles else None
     try:
         for t in tiles:
             if stop.is_set():
                 break
             t0 = time.perf_counter()
-            valid = reader.read_mask(t.read)
-            if valid is not None:
-                sr, sc = t.core_in_tile
-                if not valid[sr, sc].any():
-                    stats.read_seconds += time.perf_counter() - t0
-                    _offer(out, stop, (t, None, valid))
-                    continue
-            x = preprocess(reader.read(t.read))
+            item = _read_tile(reader, t, preprocess, needs_pixels(t))
             stats.read_seconds += time.perf_counter() - t0
-            _offer(out, stop, (t, x, valid))
+            _offer(out, stop, item)
     except UhrError as exc:
         _offer(out, stop, exc)
         return
     except Exception as exc:  # noqa: BLE001 - a decoder failure mid-file: the input is damaged
-        _offer(out, stop, InputError(f"{reader.path}: failed to read pixels near row {int(t.read.row_off)}, "
-                           f"column {int(t.read.col_off)}: the file is corrupt or truncated ({str(exc)[:160]})"))
+        where = f" near row {int(t.read.row_off)}, column {int(t.read.col_off)}" if t is not None else ""
+        _offer(out, stop, InputError(f"{reader.path}: failed to read pixels{where}: the file is corrupt or "
+                                     f"truncated ({str(exc)[:160]})"))
         return
     except BaseException as exc:  # noqa: BLE001 - forwarded to the main thread
         _offer(out, stop, exc)
@@ -115,7 +134,8 @@ def prefetch_tiles(reader: RasterReader, tiles: list[Tile], preprocess: Preproce
     """(tile, normalised input or None if all nodata, validity) in order, read ahead on a thread."""
     q: queue.Queue = queue.Queue(maxsize=max(1, depth))
     stop = threading.Event()
-    th = threading.Thread(target=_reader_thread, args=(reader, tiles, preprocess, q, stop, EngineStats()),
+    th = threading.Thread(target=_reader_thread, args=(reader, tiles, preprocess, q, stop, EngineStats(),
+                                                       lambda t: True),
                           daemon=True, name="uhr-prefetch")
     th.start()
     try:
@@ -125,7 +145,7 @@ def prefetch_tiles(reader: RasterReader, tiles: list[Tile], preprocess: Preproce
                 return
             if isinstance(item, BaseException):
                 raise item
-            yield item
+            yield item.tile, item.x, item.valid
     finally:
         stop.set()
         _drain(q)
@@ -154,15 +174,15 @@ def _writer_thread(merger, inq: queue.Queue, stats: EngineStats, errors: list, o
 def run_tiles(reader: RasterReader, grid: TileGrid, predictor, preprocess: Preprocess, scratch: Scratch,
               merge: str = "crop", batch_size: int = 1, prefetch: int = 2,
               on_tile: Callable[[Tile], None] | None = None, blend_margin: int | None = None) -> EngineStats:
-    """Run every pending tile of `grid` through `predictor` into `scratch`."""
+    """Run every pending tile of `grid` through `predictor` (an uhrcli.inference inferer) into `scratch`."""
     stats = EngineStats()
     if merge == "blend":
-        merger = BlendMerger(grid, scratch, predictor.num_classes, margin=blend_margin)
+        merger: CropMerger | BlendMerger = BlendMerger(grid, scratch, predictor.num_classes, margin=blend_margin)
     else:
         merger = CropMerger(grid, scratch)
     tiles = merger.pending()
-    if hasattr(predictor, "classes_only"):
-        predictor.classes_only = merge == "crop" and scratch.probs is None
+    predictor.classes_only = merge == "crop" and scratch.probs is None
+    predictor.out_margin = merger.margin
     stats.tiles_resumed = len(grid) - len(tiles)
     on_tile = on_tile or (lambda t: None)
     start = time.perf_counter()
@@ -173,24 +193,31 @@ def run_tiles(reader: RasterReader, grid: TileGrid, predictor, preprocess: Prepr
     writeq: queue.Queue = queue.Queue(maxsize=max(2, prefetch * batch_size))
     stop = threading.Event()
     errors: list[BaseException] = []
-    rt = threading.Thread(target=_reader_thread, args=(reader, tiles, preprocess, readq, stop, stats), daemon=True,
-                          name="uhr-reader")
+    rt = threading.Thread(target=_reader_thread, args=(reader, tiles, preprocess, readq, stop, stats,
+                                                       predictor.needs_pixels), daemon=True, name="uhr-reader")
     wt = threading.Thread(target=_writer_thread, args=(merger, writeq, stats, errors, on_tile), daemon=True,
                           name="uhr-writer")
     rt.start()
     wt.start()
 
-    def flush(batch: list[tuple[Tile, np.ndarray, Any]]) -> None:
+    def out_valid(item: TileData) -> np.ndarray | None:
+        if item.valid is None:
+            return None
+        sr, sc = window_slices(grid.out_window(item.tile, merger.margin), item.tile.read)
+        return item.valid[sr, sc]
+
+    def flush(batch: list[TileData]) -> None:
         t0 = time.perf_counter()
-        probs = predictor(np.stack([b[1] for b in batch]), [b[0] for b in batch])
+        xs = None if batch[0].x is None else np.stack([b.x for b in batch])
+        outs = predictor(xs, [b.tile for b in batch])
         stats.model_seconds += time.perf_counter() - t0
-        for (tile, _, valid), p in zip(batch, probs):
-            _put(writeq, (tile, p, valid), errors)
+        for item, out in zip(batch, outs):
+            _put(writeq, (item.tile, out, out_valid(item)), errors)
             stats.tiles += 1
-            stats.pixels += int(tile.core.width * tile.core.height)
+            stats.pixels += int(item.tile.core.width * item.tile.core.height)
 
     try:
-        batch: list = []
+        batch: list[TileData] = []
         while True:
             item = readq.get()
             if item is _STOP:
@@ -199,16 +226,15 @@ def run_tiles(reader: RasterReader, grid: TileGrid, predictor, preprocess: Prepr
                 raise item
             if errors:
                 raise errors[0]
-            tile, x, valid = item
-            if x is None:
-                _put(writeq, (tile, None, valid), errors)
+            if item.nodata:
+                _put(writeq, (item.tile, None, out_valid(item)), errors)
                 stats.tiles_skipped_nodata += 1
-                stats.pixels += int(tile.core.width * tile.core.height)
+                stats.pixels += int(item.tile.core.width * item.tile.core.height)
                 continue
-            batch.append(item)
-            if len(batch) >= batch_size:
+            if batch and (batch[0].key != item.key or len(batch) >= batch_size):
                 flush(batch)
                 batch = []
+            batch.append(item)
         if batch:
             flush(batch)
     except BaseException:
@@ -223,7 +249,6 @@ def run_tiles(reader: RasterReader, grid: TileGrid, predictor, preprocess: Prepr
     rt.join()
     if errors:
         raise errors[0]
-    merger.finish()
     stats.seconds = time.perf_counter() - start
     return stats
 

@@ -6,12 +6,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import torch
 
+from .featcache import CacheBudget
+from .inference import kind_of
+from .inference.estimate import estimate_cache_bytes, geometry
 from .io.readers import open_reader
-from .models import create_model, list_models
-from .segment import DEFAULT_TILE, default_model_name
-from .tiling import TileGrid, ceil_to
+from .models import create_model
+from .inference.raster import default_tile
+from .segment import default_model_name
+from .tiling import TileGrid
 
 
 @dataclass
@@ -19,41 +23,46 @@ class MemoryEstimate:
     """Bytes by component for one `uhr segment` run (CPU RAM, or device memory for the model part)."""
 
     parts: dict[str, int] = field(default_factory=dict)
+    disk: dict[str, int] = field(default_factory=dict)  # scratch disk the passes use beside the output
 
     @property
     def total(self) -> int:
         return sum(self.parts.values())
 
 
-def estimate_memory(height: int, width: int, bands: int, model_name: str, tile: int = DEFAULT_TILE,
+def estimate_memory(height: int, width: int, bands: int, model_name: str, tile: int | None = None,
                     batch_size: int = 1, merge: str = "crop", num_classes: int | None = None,
-                    prefetch: int = 2) -> tuple[MemoryEstimate, TileGrid]:
-    """Bounded by tile size, not image size, except the two-scale deep-branch cache."""
+                    prefetch: int = 2, cache: CacheBudget | None = None) -> tuple[MemoryEstimate, TileGrid]:
+    """Bounded by tile size, not image size, except what the deep path keeps of the whole raster.
+
+    Disk parts (features that wait on disk between passes) go to MemoryEstimate.disk.
+    """
     kw = {} if num_classes is None else {"num_classes": num_classes}
     model = create_model(model_name, **kw)
     info = model.info
-    mult = max(1, info.size_multiple)
-    grid = TileGrid(height, width, ceil_to(tile, mult), ceil_to(info.receptive_field, mult), mult)
+    kind = kind_of(model)
+    halo, mult = geometry(kind, info)
+    tile = tile or default_tile(kind, torch.device("cpu"))
+    grid = TileGrid(height, width, tile, halo, mult)
     ih, iw = grid.input_shape
     k = info.num_classes
     in_flight = (2 * max(2, prefetch * batch_size) + batch_size)  # read queue + write queue + batch
+    pixels_in = 0 if kind == "deep" else ih * iw
     parts = {
         "runtime (python, torch, GDAL cache)": 420 << 20,
         "model parameters": sum(p.numel() * p.element_size() for p in model.parameters()),
-        "tiles in flight (input + probabilities)": in_flight * (bands * 4 + k * 4 + 1) * ih * iw,
-        "model activations (estimate)": int(info.extra.get("activation_bytes_per_pixel", 96)) * ih * iw * batch_size,
+        "tiles in flight (input + probabilities)": in_flight * ((bands * 4) * pixels_in + (k * 4 + 1) * tile * tile),
+        "model activations (estimate)": int(info.extra.get("activation_bytes_per_pixel", 96)) * pixels_in * batch_size,
         "scratch chunk writes": 2 * grid.tile_h * grid.tile_w * (1 + k),
     }
     if merge == "blend":
         parts["blend row buffers"] = 2 * (k + 1) * 4 * grid.tile_h * grid.tile_w
-    if info.two_scale:
-        from .twoscale import estimate_cache_bytes
-
-        parts.update(estimate_cache_bytes(info, height, width, grid.tile_h, grid.halo))
-    return MemoryEstimate(parts), grid
+    ram, disk = estimate_cache_bytes(kind, info, height, width, cache or CacheBudget(), bands)
+    parts.update(ram)
+    return MemoryEstimate(parts, disk), grid
 
 
-def describe(path: str | os.PathLike, model: str | None = None, tile: int = DEFAULT_TILE) -> dict[str, Any]:
+def describe(path: str | os.PathLike, model: str | None = None, tile: int | None = None) -> dict[str, Any]:
     reader = open_reader(path, validate=False)
     try:
         m = reader.meta
@@ -69,7 +78,7 @@ def describe(path: str | os.PathLike, model: str | None = None, tile: int = DEFA
         name = model or default_model_name()
         est, grid = estimate_memory(reader.height, reader.width, len(reader.bands), name, tile=tile)
         d["segment_memory"] = {"model": name, "tile": grid.tile_h, "halo": grid.halo, "tiles": len(grid),
-                               "parts": est.parts, "total": est.total}
+                               "parts": est.parts, "total": est.total, "disk": est.disk}
         return d
     finally:
         reader.close()

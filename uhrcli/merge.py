@@ -12,12 +12,10 @@ blend weights each tile with a raised-cosine ramp across every seam between
 from __future__ import annotations
 
 import math
-from typing import Callable
-
 import numpy as np
 
 from .scratch import Scratch
-from .tiling import AxisTile, Tile, TileGrid
+from .tiling import AxisTile, Tile, TileGrid, window_slices
 
 NODATA = 255
 
@@ -38,6 +36,10 @@ def encode(probs: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
 
 
 class CropMerger:
+    """Each tile's core, as it is: the predictor's output covers exactly the core (margin 0)."""
+
+    margin = 0
+
     def __init__(self, grid: TileGrid, scratch: Scratch):
         self.grid, self.scratch = grid, scratch
 
@@ -46,7 +48,7 @@ class CropMerger:
         return [t for t in self.grid if not done[t.row, t.col]]
 
     def add(self, tile: Tile, probs: np.ndarray | None, valid: np.ndarray | None) -> None:
-        """probs: (K, H_in, W_in) for the read window; None for an all-nodata tile."""
+        """probs: (K, h, w) probabilities or (1, h, w) uint8 classes over the core; None for an all-nodata tile."""
         c = tile.core
         rows = slice(int(c.row_off), int(c.row_off + c.height))
         cols = slice(int(c.col_off), int(c.col_off + c.width))
@@ -55,19 +57,13 @@ class CropMerger:
             if self.scratch.probs is not None:
                 self.scratch.probs[:, rows, cols] = 0
         else:
-            sr, sc = tile.core_in_tile
-            p = probs[:, sr, sc]
-            v = None if valid is None else valid[sr, sc]
-            self.scratch.classes[rows, cols] = encode(p, v)
+            self.scratch.classes[rows, cols] = encode(probs, valid)
             if self.scratch.probs is not None:
-                q = to_uint8_probs(p)
-                if v is not None:
-                    q[:, ~v] = 0
+                q = to_uint8_probs(probs)
+                if valid is not None:
+                    q[:, ~valid] = 0
                 self.scratch.probs[:, rows, cols] = q
         self.scratch.mark_done(tile.row, tile.col)
-
-    def finish(self) -> None:
-        pass
 
 
 def ramp_weights(axis: list[AxisTile], i: int, margin: int, lo: int, hi: int) -> np.ndarray:
@@ -99,11 +95,9 @@ def blend_margin(grid: TileGrid, requested: int | None = None) -> int:
 class BlendMerger:
     """Weighted accumulation with one zarr accumulator per tile row (K probs + weight sum)."""
 
-    def __init__(self, grid: TileGrid, scratch: Scratch, num_classes: int, margin: int | None = None,
-                 on_rows: Callable[[int, int], None] | None = None):
+    def __init__(self, grid: TileGrid, scratch: Scratch, num_classes: int, margin: int | None = None):
         self.grid, self.scratch, self.k = grid, scratch, num_classes
-        self.m = blend_margin(grid, margin)
-        self.on_rows = on_rows
+        self.m = self.margin = blend_margin(grid, margin)
         self._acc: dict[int, object] = {}
         self._row_left: dict[int, int] = {}
 
@@ -123,32 +117,29 @@ class BlendMerger:
     def _accumulator(self, r: int):
         if r not in self._acc:
             lo, hi = self.band(r)
-            exists = f"acc_{r}" in self.scratch.group
+            exists = self.scratch.has_accumulator(r)
             self._acc[r] = self.scratch.accumulator(r, (self.k + 1, hi - lo, self.grid.width),
                                                     self.grid.tile_w, create=not exists)
             self._row_left[r] = len(self.grid.cols)
         return self._acc[r]
 
     def add(self, tile: Tile, probs: np.ndarray | None, valid: np.ndarray | None) -> None:
+        """probs (K, h, w) and valid (h, w) cover grid.out_window(tile, margin): the core grown by the ramps."""
         g = self.grid
         lo, hi = self.band(tile.row)
         acc = self._accumulator(tile.row)
+        ow = g.out_window(tile, self.m)
+        c_lo, c_hi = int(ow.col_off), int(ow.col_off + ow.width)
         if probs is not None:
-            a = g.cols[tile.col]
-            c_lo = max(0, a.core_start - (self.m if tile.col > 0 else 0))
-            c_hi = min(g.width, a.core_stop + (self.m if tile.col < len(g.cols) - 1 else 0))
             wy = ramp_weights(g.rows, tile.row, self.m, lo, hi)
             wx = ramp_weights(g.cols, tile.col, self.m, c_lo, c_hi)
             w = wy[:, None] * wx[None, :]
-            r0 = lo - int(tile.read.row_off)
-            c0 = c_lo - int(tile.read.col_off)
-            p = probs[:, r0:r0 + (hi - lo), c0:c0 + (c_hi - c_lo)]
             cur = np.asarray(acc[:, :, c_lo:c_hi])
-            cur[: self.k] += p * w
+            cur[: self.k] += probs * w
             cur[self.k] += w
             acc[:, :, c_lo:c_hi] = cur
         if valid is not None and self.scratch.valid is not None:
-            sr, sc = tile.core_in_tile
+            sr, sc = window_slices(tile.core, ow)
             c = tile.core
             self.scratch.valid[int(c.row_off):int(c.row_off + c.height), int(c.col_off):int(c.col_off + c.width)] = \
                 valid[sr, sc].astype(np.uint8)
@@ -197,6 +188,3 @@ class BlendMerger:
         if r == len(self.grid.rows) - 1:
             self.scratch.drop_accumulator(r)
             self._acc.pop(r, None)
-
-    def finish(self) -> None:
-        pass

@@ -2,8 +2,8 @@
 
 Inference follows the official PGNet test script: RGB float -> normalise with
 the model's mean/std -> bilinear resize (half-pixel centres, no antialias) to
-SxS -> network -> logits resized back to HxW the same way -> sigmoid -> x255
--> round. Photos are processed in memory; rasters above `stream_pixels` go
+SxS -> network -> its 1/4-resolution logits resized once, straight to HxW, the
+same way -> sigmoid -> x255 -> round. Photos are processed in memory; rasters above `stream_pixels` go
 through uhrcli.io.resample (windowed reads in, row strips out) and are written
 as tiled, deflate-compressed TIFFs, so their size is bounded by disk, not RAM.
 
@@ -311,13 +311,48 @@ def _prepare(job: Job, size: int, mean: torch.Tensor, std: torch.Tensor, kinds: 
         del raw
     finally:
         reader.close()
-    # resize, then normalise: the same numbers as the reverse order (bilinear weights sum to 1, the
-    # normalisation is per-channel affine) without a second full-resolution float copy
-    x = F.interpolate(torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))[None], size=(size, size),
-                      mode="bilinear", align_corners=False)[0]
-    x = (x - mean[:, None, None]) / std[:, None, None]
+    x = network_input(img, size, mean, std)
     keep = img if any(k in ("rgba", "overlay") for k in job.targets) else None
     return Prepared(job, x, h, w, t0, image=keep, notes=notes)
+
+
+def network_input(img: np.ndarray, size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """(3, H, W) float 0..255 -> (3, S, S) normalised, as the official test script (cv2 INTER_LINEAR).
+
+    Resize, then normalise: the same numbers as the reverse order (bilinear weights sum to 1, the
+    normalisation is per-channel affine) without a second full-resolution float copy.
+    """
+    x = F.interpolate(torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))[None], size=(size, size),
+                      mode="bilinear", align_corners=False)[0]
+    return (x - mean[:, None, None]) / std[:, None, None]
+
+
+def network_logits(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Logits (B, 1, h, w) before their final upsampling, where the model says where that is
+    (forward_logits: PGNet's 1/4 map), else its output: upsampled once to the image size afterwards."""
+    fn = getattr(net, "forward_logits", None)
+    y = fn(x) if fn is not None else net(x)
+    return y[0] if isinstance(y, (tuple, list)) else y
+
+
+def probability(logits: torch.Tensor, height: int, width: int) -> np.ndarray:
+    """(1, h, w) logits -> (H, W) float32 saliency: one bilinear resize to the image size, then the sigmoid."""
+    up = F.interpolate(logits[None].float(), size=(height, width), mode="bilinear", align_corners=False)[0, 0]
+    return torch.sigmoid(up).numpy()
+
+
+@torch.inference_mode()
+def predict_saliency(net: torch.nn.Module, image: np.ndarray, size: int, device: torch.device | str = "cpu",
+                     amp: bool = False) -> np.ndarray:
+    """(H, W) saliency of one (3, H, W) 0..255 image, computed as `uhr saliency` computes it."""
+    info = net.info
+    mean = torch.tensor(info.mean, dtype=torch.float32)
+    std = torch.tensor(info.std, dtype=torch.float32)
+    dev = torch.device(device)
+    x = network_input(_to_rgb(image.astype(np.float32, copy=False)), size, mean, std)[None].to(dev)
+    with autocast(dev, amp):
+        y = network_logits(net, x)
+    return probability(y[0].float().cpu(), image.shape[-2], image.shape[-1])
 
 
 def _quantise(prob: np.ndarray, bit_depth: int) -> np.ndarray:
@@ -335,9 +370,7 @@ def _save_pil(arr: np.ndarray, tmp: Path, fmt: str, **kw: Any) -> None:
 def _write_small(p: Prepared, logits: torch.Tensor, threshold: float, bit_depth: int,
                  targets: dict[str, Path]) -> list[tuple[Path, Path]]:
     """Whole-image outputs (PNG/JPEG) into temporary files; returns (tmp, target) pairs."""
-    up = F.interpolate(logits[None].float(), size=(p.height, p.width), mode="bilinear", align_corners=False)[0, 0]
-    prob = torch.sigmoid(up).numpy()
-    del up
+    prob = probability(logits, p.height, p.width)
     done: list[tuple[Path, Path]] = []
     map8 = None
     for kind, target in targets.items():
@@ -509,10 +542,9 @@ def run_saliency(inputs: str | os.PathLike | Sequence[str | os.PathLike], outdir
         for batch in _batches(_prefetch(load, todo), batch_size, fail):
             x = torch.stack([p.x for p in batch]).to(dev)
             with torch.inference_mode(), autocast(dev, use_amp):
-                y = net(x)
-            y = y[0] if isinstance(y, (tuple, list)) else y
-            if y.ndim != 4 or y.shape[1] != 1 or tuple(y.shape[-2:]) != (size, size):
-                raise UsageError(f"model {info.name} returned {tuple(y.shape)}, expected (B, 1, {size}, {size})")
+                y = network_logits(net, x)
+            if y.ndim != 4 or y.shape[1] != 1:
+                raise UsageError(f"model {info.name} returned {tuple(y.shape)}, expected (B, 1, h, w)")
             y = y.float().cpu()
             for i, p in enumerate(batch):
                 _finish(p, y[i], threshold, bit_depth, report, fail, progress)

@@ -110,6 +110,9 @@ class Scratch:
                                            dtype="float32", fill_value=0.0)
         return self.group[name]
 
+    def has_accumulator(self, r: int) -> bool:
+        return f"acc_{r}" in self.group
+
     def drop_accumulator(self, r: int) -> None:
         name = f"acc_{r}"
         if name in self.group:
@@ -117,3 +120,37 @@ class Scratch:
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+class MemoryScratch:
+    """The same arrays as Scratch, in memory: for rasters whose map is wanted as an array (validation, tests)."""
+
+    def __init__(self, height: int, width: int, num_classes: int, grid_shape: tuple[int, int], probs: bool,
+                 masked: bool):
+        self.classes = np.full((height, width), 255, np.uint8)
+        self.probs = np.zeros((num_classes, height, width), np.uint8) if probs else None
+        self.valid = np.ones((height, width), np.uint8) if masked else None
+        self.done = np.zeros(grid_shape, np.uint8)
+        self.finalized_rows = 0
+        self.attrs: dict[str, Any] = {}
+        self._acc: dict[int, np.ndarray] = {}
+
+    def done_tiles(self) -> np.ndarray:
+        return self.done.astype(bool)
+
+    def mark_done(self, r: int, c: int) -> None:
+        self.done[r, c] = 1
+
+    def accumulator(self, r: int, shape: tuple[int, int, int], chunk_w: int, create: bool) -> np.ndarray:
+        if create:
+            self._acc[r] = np.zeros(shape, np.float32)
+        return self._acc[r]
+
+    def has_accumulator(self, r: int) -> bool:
+        return r in self._acc
+
+    def drop_accumulator(self, r: int) -> None:
+        self._acc.pop(r, None)
+
+    def remove(self) -> None:
+        self._acc.clear()

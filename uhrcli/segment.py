@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -14,18 +15,20 @@ import torch
 from . import __version__
 from .device import default_amp, resolve_device
 from .engine import EngineStats, Preprocess, peak_rss_mb, run_tiles
-from .errors import InputError, MissingInputError, OutputError, UhrError, UsageError
+from .errors import InputError, MissingInputError, OutputError, UsageError
 from .io.readers import IMAGE_SUFFIXES, TIFF_SUFFIXES, RasterReader, open_reader
 from .io.scaling import make_scaler
 from .io import writers as W
+from .featcache import CacheBudget
+from .inference import InferOptions
+from .inference.raster import inferer_report, plan
 from .models import build_model, list_models
 from .models.fuse import fold_batchnorm
-from .predictors import TilePredictor
 from .scratch import Scratch, file_identity, scratch_path, weights_digest
-from .tiling import TileGrid, ceil_to
+from .tiling import BORDERS
 
 RASTER_SUFFIXES = TIFF_SUFFIXES | IMAGE_SUFFIXES | {".jp2", ".vrt", ".img", ".zarr"}
-DEFAULT_TILE = 1024
+DEFAULT_CACHE_RAM = 1 << 30
 
 
 def default_model_name() -> str:
@@ -52,8 +55,8 @@ class SegmentResult:
 
 @dataclass
 class SegmentOptions:
-    tile: int = DEFAULT_TILE
-    halo: int | None = None
+    tile: int | None = None  # None: default_tile(model kind, device)
+    halo: int | None = None  # None: what the model needs for exact output
     merge: str = "crop"
     batch_size: int = 1
     fmt: str | None = None
@@ -66,6 +69,28 @@ class SegmentOptions:
     channels_last: bool = True
     fold_bn: bool = True  # fold BatchNorm into convs for inference (about 10% faster for ISDNet on CPU)
     preview: bool = False
+    border: str = "clip"  # clip (exact: the network pads at the image border) or mirror
+    cache_ram: int | None = None  # bytes of host RAM for features kept between passes (None: default)
+    cache_disk: int | None = None  # bytes of disk for them (None: default)
+    cache_device: int | None = None  # bytes of device memory (CUDA; None: a quarter of what is free)
+    cache_dir: str | os.PathLike | None = None  # folder of the disk tier (None: beside the output)
+
+
+def cache_budget(opts: SegmentOptions, device: torch.device, default_dir: Path | None) -> CacheBudget:
+    """Budgets of the feature caches: the options, else defaults sized for a 2 GB process on CPU."""
+    dev = opts.cache_device
+    if dev is None and device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        dev = free // 4
+    folder = Path(opts.cache_dir) if opts.cache_dir is not None else default_dir
+    disk = opts.cache_disk
+    if disk is None:  # most of what is free on the disk that will hold it
+        probe = folder if folder is not None else Path(tempfile.gettempdir())
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        disk = int(shutil.disk_usage(probe).free * 0.8)
+    return CacheBudget(device=int(dev or 0), ram=DEFAULT_CACHE_RAM if opts.cache_ram is None else int(opts.cache_ram),
+                       disk=int(disk), dir=folder)
 
 
 def expand_inputs(inputs: Sequence[str | os.PathLike], recursive: bool = False) -> list[Path]:
@@ -107,9 +132,6 @@ def plan_outputs(inputs: list[Path], output: Path, fmt: str | None, many: bool) 
     return plans
 
 
-def _halo_for(info, halo: int | None) -> int:
-    h = info.receptive_field if halo is None else halo
-    return ceil_to(max(0, h), max(1, info.size_multiple))
 
 
 def _check_bands(reader: RasterReader, info) -> None:
@@ -134,8 +156,12 @@ def segment(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str
         setattr(opts, k, v)
     if opts.merge not in ("crop", "blend"):
         raise UsageError(f"--merge must be crop or blend, got {opts.merge!r}")
-    if opts.tile < 16:
+    if opts.border not in BORDERS:
+        raise UsageError(f"--border must be {' or '.join(BORDERS)}, got {opts.border!r}")
+    if opts.tile is not None and opts.tile < 16:
         raise UsageError(f"--tile must be at least 16, got {opts.tile}")
+    if opts.halo is not None and opts.halo < 0:
+        raise UsageError(f"--halo must be >= 0, got {opts.halo}")
     if opts.batch_size < 1:
         raise UsageError("--batch-size must be >= 1")
     single = isinstance(inputs, (str, os.PathLike))
@@ -157,21 +183,15 @@ def segment(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str
         raise UsageError(f"model {info.name} is a {info.task} model; use `uhr {info.task}`")
     if opts.fold_bn:
         fold_batchnorm(net.eval())
-    if info.two_scale:
-        from .twoscale import TwoScalePredictor
-
-        predictor = TwoScalePredictor(net, dev, amp=amp, channels_last=opts.channels_last)
-    else:
-        predictor = TilePredictor(net, dev, amp=amp, channels_last=opts.channels_last)
     wdigest = weights_digest(weights)
 
     results = []
     for src, target, fmt in plans:
-        results.append(_segment_one(src, target, fmt, net, predictor, info, wdigest, dev, opts, progress))
+        results.append(_segment_one(src, target, fmt, net, info, wdigest, dev, amp, opts, progress))
     return results
 
 
-def _segment_one(src: Path, target: Path, fmt: str, net, predictor, info, wdigest: str, dev, opts: SegmentOptions,
+def _segment_one(src: Path, target: Path, fmt: str, net, info, wdigest: str, dev, amp: bool, opts: SegmentOptions,
                  progress) -> SegmentResult:
     t_start = time.perf_counter()
     W.check_target(target, opts.overwrite or False)
@@ -187,16 +207,18 @@ def _segment_one(src: Path, target: Path, fmt: str, net, predictor, info, wdiges
         raise OutputError(f"an interrupted run left {scratch_dir}: pass --resume to finish it or --overwrite to start again")
 
     reader = open_reader(src, bands=opts.bands)
+    inferer = None
     try:
         _check_bands(reader, info)
         scaler = make_scaler(reader, opts.stretch)
         preprocess = Preprocess(scaler, info.mean, info.std)
-        mult = max(1, info.size_multiple)
-        grid = TileGrid(reader.height, reader.width, ceil_to(opts.tile, mult), _halo_for(info, opts.halo), mult)
+        inferer, grid = plan(net, reader.height, reader.width, dev, InferOptions(
+            amp=amp, channels_last=opts.channels_last, border=opts.border,
+            cache=cache_budget(opts, dev, scratch_dir / "features")), opts.tile, opts.halo)
         fingerprint = {
             "uhr": __version__, "input": file_identity(src), "bands": reader.bands, "model": info.name,
             "weights": wdigest, "classes": info.num_classes, "tile": grid.tile_h, "halo": grid.halo,
-            "merge": opts.merge, "probs": bool(opts.probs), "scaler": scaler.describe(),
+            "merge": opts.merge, "probs": bool(opts.probs), "scaler": scaler.describe(), "border": opts.border,
         }
         resumed = opts.resume and scratch_dir.exists()
         if resumed:
@@ -210,10 +232,19 @@ def _segment_one(src: Path, target: Path, fmt: str, net, predictor, info, wdiges
             progress("start", 0, total)
         ok = False
         try:
-            predictor.prepare(reader, preprocess, grid, progress)
-            stats = run_tiles(reader, grid, predictor, preprocess, scratch, merge=opts.merge,
+            state = scratch.group.attrs.get("inferer_state") if resumed else None
+            pending = int(len(grid) - scratch.done_tiles().sum())
+            if pending:
+                new_state = inferer.prepare(reader, preprocess, grid, progress, state=state)
+                if new_state is not None:
+                    scratch.group.attrs["inferer_state"] = new_state
+            if progress:
+                progress("phase:tiles", 0, total)
+            stats = run_tiles(reader, grid, inferer, preprocess, scratch, merge=opts.merge,
                               batch_size=opts.batch_size,
                               on_tile=(lambda t: progress("tile", int(t.core.width * t.core.height), 0)) if progress else None)
+            stats.extra.update({"tile": grid.tile_h, "halo": grid.halo, "tiles": len(grid),
+                                "inferer": inferer_report(inferer)})
             spec = W.OutputSpec(
                 height=reader.height, width=reader.width, class_names=info.class_names, palette=info.palette,
                 crs=reader.meta.crs, transform=reader.meta.transform,
@@ -236,6 +267,8 @@ def _segment_one(src: Path, target: Path, fmt: str, net, predictor, info, wdiges
         if ok:
             scratch.remove()
     finally:
+        if inferer is not None:
+            inferer.close()
         reader.close()
     return SegmentResult(src, target, ppath, reader.height, reader.width, stats, time.perf_counter() - t_start,
                          peak_rss_mb(), resumed=resumed)

@@ -42,15 +42,17 @@ def measure_pipeline(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run(spec: dict[str, Any], name: str, device: torch.device) -> dict[str, Any]:
+    from ..inference import InferOptions
+    from ..inference.raster import infer_raster
+    from ..io.readers import ArrayReader
     from ..models import build_model
-    from ..predictors import TilePredictor
-    from ..segment import SegmentOptions, _halo_for, segment
-    from ..tiling import TileGrid, ceil_to
+    from ..segment import SegmentOptions, segment
 
     batch = int(spec.get("batch_size", 1))
     amp = spec.get("amp")
     amp = default_amp(device) if amp is None else bool(amp) and device.type != "cpu"
-    opts = SegmentOptions(tile=int(spec.get("tile", 1024)), batch_size=batch, overwrite=True, amp=amp)
+    opts = SegmentOptions(tile=int(spec["tile"]) if spec.get("tile") else None, batch_size=batch, overwrite=True,
+                          amp=amp)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     with tempfile.TemporaryDirectory(prefix="uhr-bench-") as td:
@@ -67,30 +69,24 @@ def _run(spec: dict[str, Any], name: str, device: torch.device) -> dict[str, Any
     if device.type == "cuda":
         out["gpu_peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
 
-    # the model alone on the same tiles: same grid (tile shape, halo, count), same batching, same predictor settings
+    # the model alone on the same raster held in memory: the same inferer, grid and batching, without
+    # decoding, merging into a scratch store or writing
     net = build_model(name, "random")
     info = net.info
-    mult = max(1, info.size_multiple)
-    grid = TileGrid(res.height, res.width, ceil_to(opts.tile, mult), _halo_for(info, opts.halo), mult)
     if opts.fold_bn:
         fold_batchnorm(net.eval())
-    pred = TilePredictor(net, device, amp=amp, channels_last=opts.channels_last)
-    pred.classes_only = True  # as in a run that writes only the class map
-    ih, iw = grid.input_shape
-    tiles = list(grid)
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((min(batch, len(tiles)), info.in_channels, ih, iw)).astype(np.float32)
-    pred(x, tiles[: len(x)])  # warm-up
+    arr = rng.integers(0, 256, (info.in_channels, res.height, res.width), dtype=np.uint8)
     synchronize(device)
     t = time.perf_counter()
-    for i in range(0, len(tiles), len(x)):
-        chunk = tiles[i:i + len(x)]
-        pred(x[: len(chunk)], chunk)
+    pred = infer_raster(net, ArrayReader(arr), device=device, tile=opts.tile, batch_size=batch,
+                        options=InferOptions(amp=amp, channels_last=opts.channels_last))
     synchronize(device)
     dt = time.perf_counter() - t
+    tiles = pred.stats.tiles
     model_mps = res.height * res.width / 1e6 / max(dt, 1e-12)
     out.update({
-        "model_only_s": dt, "model_only_mp_per_s": model_mps, "model_only_tiles": len(tiles),
-        "tile_input": [ih, iw], "ratio": out["e2e_mp_per_s"] / model_mps if model_mps > 0 else None,
+        "model_only_s": dt, "model_only_mp_per_s": model_mps, "model_only_tiles": tiles,
+        "ratio": out["e2e_mp_per_s"] / model_mps if model_mps > 0 else None,
     })
     return out

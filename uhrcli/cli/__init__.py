@@ -5,12 +5,8 @@ Each command lives in its own module and registers itself on `app`.
 from __future__ import annotations
 
 import importlib
-import os
-import sys
 
-import typer
-
-from .common import app, console_err, run_app
+from .common import app, run_app
 
 # Command modules register themselves on `app` when imported.
 _COMMANDS = ["segment", "info", "saliency", "bench", "train", "evaluate", "weights"]

@@ -9,7 +9,6 @@ import typer
 from rich.table import Table
 
 from ..inspect import describe
-from ..segment import DEFAULT_TILE
 from .common import app, console
 
 
@@ -21,7 +20,7 @@ def _mb(n: int) -> str:
 def info_cmd(
     path: Path = typer.Argument(..., help="A raster file or zarr store."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model for the memory estimate."),
-    tile: int = typer.Option(DEFAULT_TILE, "--tile", help="Tile size for the memory estimate."),
+    tile: Optional[int] = typer.Option(None, "--tile", help="Tile size for the memory estimate (default: segment's)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Size, bands, dtype, tiling, compression, georeferencing, overviews and the memory `uhr segment` needs."""
@@ -56,4 +55,6 @@ def info_cmd(
     for k, v in sm["parts"].items():
         m.add_row(k, _mb(v))
     m.add_row("[bold]total[/bold]", f"[bold]{_mb(sm['total'])}[/bold]")
+    for k, v in sm.get("disk", {}).items():
+        m.add_row(f"{k} (on disk, beside the output)", _mb(v))
     console.print(m)

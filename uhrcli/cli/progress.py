@@ -1,7 +1,6 @@
 """A rich progress bar fed by the API's progress callbacks (megapixels, MP/s, ETA)."""
 from __future__ import annotations
 
-import sys
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
@@ -23,7 +22,10 @@ class RateColumn(ProgressColumn):
 
 @contextmanager
 def pixel_progress(label: str, enabled: bool) -> Iterator[Callable[[str, int, int], None]]:
-    """Yields a callback(event, done, total) suitable for uhrcli.segment(progress=...)."""
+    """Yields a callback(event, done, total) for uhrcli.segment(progress=...): one bar per phase.
+
+    Events: "phase:NAME" (0, units) opens a bar; "advance"/"tile" (n, 0) move the open bar on.
+    """
     if not enabled or not console_err.is_terminal:
         yield lambda event, done, total: None
         return
@@ -33,12 +35,12 @@ def pixel_progress(label: str, enabled: bool) -> Iterator[Callable[[str, int, in
     state: dict = {}
 
     def cb(event: str, done: int, total: int) -> None:
-        if event == "start":
-            state["task"] = progress.add_task(state.get("label", label), total=total)
-        elif event == "tile" and "task" in state:
+        if event.startswith("phase:"):
+            if "task" in state:
+                progress.update(state["task"], completed=progress.tasks[-1].total)
+            state["task"] = progress.add_task(f"{label}: {event[6:]}", total=total)
+        elif event in ("tile", "advance") and "task" in state:
             progress.advance(state["task"], done)
-        elif event == "label":
-            state["label"] = str(total)
 
     with progress:
         yield cb

@@ -1,14 +1,14 @@
 """`uhr segment`: parse, call uhrcli.segment.segment, print a summary."""
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 from rich.table import Table
 
-from ..segment import DEFAULT_TILE, SegmentOptions, default_model_name, segment
+from ..featcache import parse_size
+from ..segment import SegmentOptions, default_model_name, segment
 from .common import app, console, console_err, parse_int_list
 from .progress import pixel_progress
 
@@ -19,8 +19,17 @@ def segment_cmd(
     output: Path = typer.Option(..., "-o", "--output", help="Output file, or a directory for several inputs."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help=f"Registry model (default {default_model_name()}, or the checkpoint's)."),
     weights: Optional[str] = typer.Option(None, "--weights", "-w", help="Checkpoint file, or 'random' for an untrained dry run."),
-    tile: int = typer.Option(DEFAULT_TILE, "--tile", help="Tile size in pixels (rounded up to the model's stride)."),
-    halo: Optional[int] = typer.Option(None, "--halo", help="Context margin per side (default: the model's receptive field)."),
+    tile: Optional[int] = typer.Option(None, "--tile", help="Tile size in pixels (default by model and device: 1024, "
+                                       "2048 for ISDNet on CPU, larger on CUDA)."),
+    halo: Optional[int] = typer.Option(None, "--halo", help="Context margin per side (default: what makes the output "
+                                       "equal the whole-image forward)."),
+    border: str = typer.Option("clip", "--border", help="clip: the network pads at the image border, as on the whole "
+                               "image; mirror: mirror pixels past it (local models)."),
+    cache_ram: Optional[str] = typer.Option(None, "--cache-ram", help="Host RAM for features kept between passes "
+                                            "(two-scale models), e.g. 2G (default 1G)."),
+    cache_disk: Optional[str] = typer.Option(None, "--cache-disk", help="Disk for them beyond that, e.g. 100G "
+                                             "(default: 80% of the free space)."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Folder of that disk cache (default: beside the output)."),
     merge: str = typer.Option("crop", "--merge", help="crop (keep tile cores) or blend (cosine seams)."),
     batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, help="Tiles per forward pass."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
@@ -40,7 +49,9 @@ def segment_cmd(
                           "the map is meaningless (use it for dry runs and speed tests)", highlight=False)
     opts = SegmentOptions(tile=tile, halo=halo, merge=merge, batch_size=batch_size, fmt=fmt, probs=probs,
                           bands=parse_int_list(bands, "--bands"), stretch=stretch, overwrite=overwrite,
-                          resume=resume, amp=amp, preview=preview)
+                          resume=resume, amp=amp, preview=preview, border=border,
+                          cache_ram=parse_size(cache_ram, "--cache-ram"), cache_disk=parse_size(cache_disk, "--cache-disk"),
+                          cache_dir=cache_dir)
     with pixel_progress("segment", not quiet) as cb:
         results = segment([str(p) for p in inputs] if len(inputs) > 1 else str(inputs[0]), output, model=model,
                           weights=weights, device=device, options=opts, progress=cb)

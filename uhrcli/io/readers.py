@@ -447,6 +447,31 @@ def _pil_to_array(im) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
+class ArrayReader(RasterReader):
+    """An in-memory (bands, h, w) array, optionally with a validity mask: the engine on data already loaded."""
+
+    def __init__(self, data: np.ndarray, valid: np.ndarray | None = None, name: str = "<array>"):
+        if data.ndim == 2:
+            data = data[None]
+        if data.ndim != 3 or 0 in data.shape:
+            raise InputError(f"{name}: expected a (bands, height, width) array, got shape {data.shape}")
+        self.path = Path(name)
+        self._arr = data
+        self._valid = None if valid is None else np.asarray(valid, bool)
+        self.source_count, self.height, self.width = data.shape
+        self.dtype = check_dtype(data.dtype, self.path)
+        self.bands = list(range(1, self.source_count + 1))
+        self.meta = RasterMeta(driver="array", mask_kind="mask" if valid is not None else "none",
+                               block_shape=(self.height, self.width))
+
+    def _read_block(self, r0, r1, c0, c1):
+        return self._arr[[b - 1 for b in self.bands], r0:r1, c0:c1]
+
+    def _read_mask_block(self, r0, r1, c0, c1):
+        return None if self._valid is None else self._valid[r0:r1, c0:c1]
+
+
+# --------------------------------------------------------------------------------------------
 def open_reader(path: str | os.PathLike, bands: Sequence[int] | None = None, validate: bool = True) -> RasterReader:
     """Open any supported raster; bad paths and files raise one-line UhrErrors."""
     p = Path(path)

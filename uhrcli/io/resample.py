@@ -19,6 +19,8 @@ from typing import Callable, Iterator
 import numpy as np
 from rasterio.windows import Window
 
+from ..geometry import axis_weights
+
 DEFAULT_STRIP_BYTES = 64 << 20
 
 
@@ -33,22 +35,10 @@ class LinearWeights:
 
 
 def linear_weights(in_size: int, out_size: int) -> LinearWeights:
-    """1-D weights with PyTorch's align_corners=False convention.
-
-    src = (dst + 0.5) * in/out - 0.5, clamped at 0; the upper neighbour is
-    clamped at in-1. This is what cv2.INTER_LINEAR and F.interpolate compute
-    (without antialiasing), so the streamed result matches the in-memory one.
-    """
-    if in_size < 1 or out_size < 1:
-        raise ValueError(f"sizes must be positive, got {in_size} -> {out_size}")
-    scale = np.float64(in_size) / np.float64(out_size)
-    src = (np.arange(out_size, dtype=np.float64) + 0.5) * scale - 0.5
-    src = np.maximum(src, 0.0)
-    i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
-    i1 = np.minimum(i0 + 1, in_size - 1)
-    w1 = (src - i0).astype(np.float32)
-    w1 = np.where(i1 == i0, np.float32(0), w1).astype(np.float32)
-    return LinearWeights(i0, i1, (1.0 - w1).astype(np.float32), w1)
+    """1-D weights of F.interpolate(mode='bilinear', align_corners=False, antialias=False), which
+    cv2.INTER_LINEAR also computes, so the streamed result matches the in-memory one."""
+    aw = axis_weights(in_size, out_size)
+    return LinearWeights(aw.i0, aw.i1, (1.0 - aw.w1).astype(np.float32), aw.w1)
 
 
 def _apply_cols(x: np.ndarray, lw: LinearWeights) -> np.ndarray:

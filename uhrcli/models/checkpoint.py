@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -122,9 +121,23 @@ def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
     return state, meta
 
 
+def _numpy_scalar_globals() -> list:
+    """The numpy globals a numeric scalar in a checkpoint's metadata pickles to (mmcv's
+    meta.hook_msgs.best_score, seeds), under numpy 2 and numpy 1 names: they build numbers, never run code."""
+    import numpy as np
+
+    scalar = np._core.multiarray.scalar if hasattr(np, "_core") else np.core.multiarray.scalar
+    kinds = ("Bool", "Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16", "UInt32", "UInt64", "Float16",
+             "Float32", "Float64", "LongDouble", "Complex64", "Complex128")
+    dtypes = [getattr(np.dtypes, f"{k}DType") for k in kinds if hasattr(np, "dtypes") and hasattr(np.dtypes, f"{k}DType")]
+    return [scalar, (scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar"),
+            np.dtype, *dtypes]
+
+
 def _load_torch(path: Path) -> dict[str, torch.Tensor]:
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_numpy_scalar_globals()):
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"{path}: refused: the file holds pickled objects other than tensors (weights_only load failed: "

@@ -3,8 +3,13 @@
 Our module names follow the official ones, so the mapping is:
   backbone.*, decode_head.*, auxiliary_head.*  -> unchanged
   refine_head.X                                -> X  (the ISDHead's children sit at our top level)
-  refine_head.stdc_net.{x2,x4,x8,x16}.*        -> dropped as aliases of stdc_net.features.N
+  refine_head.stdc_net.{x2,x4,x8,x16}.0.j.*    -> dropped as aliases of stdc_net.features.j
                                                   (checked equal to their target; reported)
+
+The aliases come from the official ShallowNet's `self.x8 = nn.Sequential(self.features[2:4])`:
+slicing an nn.Sequential keeps its children's names, so x8 holds `0.2.*` and `0.3.*`: the number
+after `.0.` is the `features` index itself (x2: 0, x4: 1, x8: 2-3, x16: 4-5), 120 alias keys
+beside the 440 real ones in an isdnet-r18 checkpoint.
 Anything else is reported in `report['unmapped']`; nothing is dropped silently.
 The released deepglobe.pth is known to carry ASPP ConvModules saved as
 conv-with-bias and no BN (`...conv.bias` instead of `...bn.*`): those keys are
@@ -25,8 +30,8 @@ from ..errors import CheckpointError
 
 KEEP_PREFIXES = ("backbone.", "decode_head.", "auxiliary_head.")
 REFINE = "refine_head."
-# stdc_net alias containers of the official ShallowNet: alias.<i>.<j> == features.<offset + j>
-_ALIASES = {"x2": 0, "x4": 1, "x8": 2, "x16": 4}
+# stdc_net alias containers of the official ShallowNet: <alias>.0.<j> == features.<j>, j in the alias's slice
+_ALIASES = {"x2": range(0, 1), "x4": range(1, 2), "x8": range(2, 4), "x16": range(4, 6)}
 _ALIAS_RE = re.compile(r"^stdc_net\.(x2|x4|x8|x16)\.0\.(\d+)\.(.*)$")
 BN_EPS = 1e-5
 
@@ -52,7 +57,9 @@ def _map_key(k: str) -> tuple[str | None, str | None]:
         rest = k[len(REFINE):]
         m = _ALIAS_RE.match(rest)
         if m:
-            idx = _ALIASES[m.group(1)] + int(m.group(2))
+            idx = int(m.group(2))
+            if idx not in _ALIASES[m.group(1)]:
+                return None, None  # not the official layout: report it
             return None, f"stdc_net.features.{idx}.{m.group(3)}"
         return rest, None
     return None, None
@@ -72,7 +79,7 @@ def convert_isdnet_mmseg(state_dict: Mapping[str, Any], reference: Mapping[str, 
         raise CheckpointError(f"state dict has non-tensor entries, e.g. {non_tensor[0]!r}")
     new: dict[str, torch.Tensor] = {}
     report: dict[str, Any] = {"mapped": 0, "renamed": [], "aliases": [], "unmapped": [], "missing": [],
-                              "shape_mismatch": [], "conv_bias_without_bn": [], "folded": []}
+                              "shape_mismatch": [], "conv_bias_without_bn": [], "folded": [], "alias_mismatch": []}
     pending_alias: list[tuple[str, str]] = []
     for k, v in src.items():
         dst, alias = _map_key(k)
@@ -107,6 +114,7 @@ def convert_isdnet_mmseg(state_dict: Mapping[str, Any], reference: Mapping[str, 
         t = new.get(target)
         if t is None or tuple(t.shape) != tuple(src[k].shape) or not torch.equal(t, src[k]):
             report["unmapped"].append(k)  # an alias that disagrees with its target is not safe to drop
+            report["alias_mismatch"].append(k)
         else:
             report["aliases"].append(k)
     if reference is not None:
@@ -117,7 +125,7 @@ def convert_isdnet_mmseg(state_dict: Mapping[str, Any], reference: Mapping[str, 
 
 
 def to_official_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Inverse mapping (our keys -> the official layout, aliases included); used to test the converter."""
+    """Our keys -> the official layout, aliases included: for exporting to the official code."""
     out: dict[str, torch.Tensor] = {}
     for k, v in state.items():
         if k.startswith(KEEP_PREFIXES):
@@ -127,17 +135,16 @@ def to_official_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tenso
         m = re.match(r"^stdc_net\.features\.(\d+)\.(.*)$", k)
         if m:
             i, rest = int(m.group(1)), m.group(2)
-            for name, off in _ALIASES.items():
-                span = {"x2": 1, "x4": 1, "x8": 2, "x16": 2}[name]
-                if off <= i < off + span:
-                    out[f"{REFINE}stdc_net.{name}.0.{i - off}.{rest}"] = v
+            for name, span in _ALIASES.items():
+                if i in span:
+                    out[f"{REFINE}stdc_net.{name}.0.{i}.{rest}"] = v
     return out
 
 
 def summarize(report: Mapping[str, Any]) -> str:
     """One line for the CLI/log."""
     parts = [f"{report['mapped']} mapped", f"{len(report['aliases'])} alias(es) dropped"]
-    for key in ("unmapped", "missing", "shape_mismatch", "conv_bias_without_bn", "folded"):
+    for key in ("unmapped", "alias_mismatch", "missing", "shape_mismatch", "conv_bias_without_bn", "folded"):
         items = report.get(key) or []
         if items:
             first = items[0][0] if isinstance(items[0], tuple) else items[0]

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..geometry import halvings
 from .base import ModelInfo, default_class_names, default_palette
 from .registry import register_model
 
@@ -36,10 +37,18 @@ class TinyFCN(nn.Module):
             receptive_field=rf, size_multiple=2,
         )
 
+    logit_stride = 2
+
+    def forward_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits before the final upsampling, at 1/2 (`logit_size`)."""
+        return self.classifier(self.features(x))
+
+    @staticmethod
+    def logit_size(height: int, width: int) -> tuple[int, int]:
+        return halvings(height, 1), halvings(width, 1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        y = self.classifier(self.features(x))
-        return F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False)
+        return F.interpolate(self.forward_logits(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
 @register_model("fcn-tiny")

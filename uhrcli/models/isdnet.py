@@ -6,9 +6,10 @@ resolution. Shallow path: an STDC-style net on two Laplacian residuals of the
 full-resolution image (feat8, feat16). Two Relation-Aware Fusion modules merge
 them at 1/16 and 1/8; a light head classifies at 1/8.
 
-The whole-image `forward` is composed *only* of the public steps the streaming
-two-scale engine calls (deep_input, deep_backbone, deep_head, shallow,
-fuse16/fuse8 .features/.combine, classify), so the two cannot drift apart.
+The whole-image `forward` is composed *only* of the stages the tiled inferer
+(uhrcli.inference.bipath) calls: deep_* on the shrunk image, shallow and the
+spatial branches on full-resolution tiles, the fusions given image-wide means,
+so the two cannot drift apart.
 Module names mirror the official mmseg model (backbone, decode_head,
 auxiliary_head; the refine_head's children sit at the top level) so that
 `convert.py` is close to an identity mapping.
@@ -23,11 +24,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .aspp import ASPPHead, FCNHead, PSPHead
+from ..geometry import Placement
 from .base import ModelInfo, default_palette
 from .isdnet_losses import (IGNORE_INDEX, LOSS_WEIGHTS, feature_affinity_loss, recon_loss, seg_ce)
 from .layers import ConvBNAct, SegHead, init_classifier, init_weights, resize
 from .registry import register_model
-from .resnet import BasicBlock, Bottleneck, ResNetV1c, load_backbone_weights, resnet_v1c_d8
+from .resnet import Bottleneck, ResNetV1c, load_backbone_weights, resnet_v1c_d8
 from .stdc import LaplacianPyramid, ShallowNet
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
@@ -52,9 +54,9 @@ class ChannelAtt(nn.Module):
 class RelationAwareFusion(nn.Module):
     """Fuse a shallow (spatial) map with a context map through relation-aware channel attention.
 
-    The only non-local quantities are the two pooled vectors (s_gap, c_gap);
-    `combine` takes them as arguments so a tiled caller can pass image-wide
-    values. With spatial means of the whole maps it is the official module.
+    The only non-local quantities are the two pooled vectors: `weights` takes
+    them as arguments so a tiled caller can pass image-wide values, and `merge`
+    is local. With spatial means of the whole maps it is the official module.
     """
 
     def __init__(self, channels: int = 128, ext: int = 2, r: int = 16, in_channels: int | None = None):
@@ -77,14 +79,8 @@ class RelationAwareFusion(nn.Module):
         """The two ConvBNReLU branch features (s_feat at sp's size, c_feat at cp's size)."""
         return self.spatial_att.conv_bn_relu(sp), self.context_att.conv_bn_relu(cp)
 
-    def combine(self, s_feat: torch.Tensor, c_feat: torch.Tensor, s_gap: torch.Tensor, c_gap: torch.Tensor,
-                out_size: Sequence[int] | torch.Size, return_context: bool = False
-                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Attention from the given (B, C) GAP vectors, context upsampled to out_size, then smooth.
-
-        return_context=True also returns the context branch after context_head
-        (what the official auxiliary heads classify).
-        """
+    def weights(self, s_gap: torch.Tensor, c_gap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Relation-aware channel weights (B, C, 1, 1) for both branches from their (B, C) means."""
         s_att = self.spatial_att.attention(s_gap)
         c_att = self.context_att.attention(c_gap)
         b, c = s_att.shape[:2]
@@ -93,15 +89,18 @@ class RelationAwareFusion(nn.Module):
         affinity = torch.bmm(s_split, c_split.transpose(1, 2)).reshape(b, -1)
         s_w = torch.sigmoid(s_att + self.g1 * F.relu(self.spatial_mlp(affinity)).reshape(b, c, 1, 1))
         c_w = torch.sigmoid(c_att + self.g2 * F.relu(self.context_mlp(affinity)).reshape(b, c, 1, 1))
-        ctx = self.context_head(resize(c_feat * c_w, out_size))
-        out = self.smooth(s_feat * s_w + ctx)
-        return (out, ctx) if return_context else out
+        return s_w, c_w
+
+    def merge(self, s_feat: torch.Tensor, s_w: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        """smooth(s_feat * s_w + context_head(ctx)); ctx is the weighted context already on s_feat's grid."""
+        return self.smooth(s_feat * s_w + self.context_head(ctx))
 
     def forward(self, sp: torch.Tensor, cp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Whole-map fusion: returns (fused, context branch)."""
+        """Whole-map fusion (training): returns (fused, context branch after context_head, for the aux heads)."""
         s_feat, c_feat = self.features(sp, cp)
-        return self.combine(s_feat, c_feat, s_feat.mean(dim=(2, 3)), c_feat.mean(dim=(2, 3)),
-                            s_feat.shape[-2:], return_context=True)
+        s_w, c_w = self.weights(s_feat.mean(dim=(2, 3)), c_feat.mean(dim=(2, 3)))
+        ctx = self.context_head(resize(c_feat * c_w, s_feat.shape[-2:]))
+        return self.smooth(s_feat * s_w + ctx), ctx
 
 
 class SRDecoder(nn.Module):
@@ -203,7 +202,46 @@ def shallow_receptive_field() -> int:
 
 
 # ------------------------------------------------------------------------------------------------------
-class ISDNet(nn.Module):
+class DeepPath:
+    """The deep path ISDNet and the DeepLabV3 baselines share: a dilated ResNet and a head with image
+    pooling on the image shrunk by `down_ratio` (nearest). uhrcli.inference.deep runs it once over a
+    whole raster, tiled over the shrunk view where that is large, with the head's pooling image-wide.
+    """
+
+    down_ratio: int
+    backbone: ResNetV1c
+    decode_head: nn.Module
+
+    def deep_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Nearest downsample to (H // r, W // r), as the official segmentor does."""
+        if self.down_ratio == 1:
+            return x
+        h, w = x.shape[-2:]
+        return F.interpolate(x, size=(h // self.down_ratio, w // self.down_ratio), mode="nearest")
+
+    def deep_backbone(self, x_down: torch.Tensor) -> torch.Tensor:
+        """c4: the last backbone map (512 ch for r18, 2048 for r50) at 1/8 of the shrunk input."""
+        return self.backbone(x_down)[-1]
+
+    def deep_pool(self, c4: torch.Tensor) -> torch.Tensor:
+        """(B, C) sum over H, W of what the head's global pooling averages (c4 itself, for both heads)."""
+        return self.decode_head.pool(c4)
+
+    def deep_head(self, c4: torch.Tensor, pooled_mean: torch.Tensor | None = None) -> torch.Tensor:
+        """deep_feat (B, 128, h, w); pooled_mean (B, C) replaces the local mean of the global pooling branch."""
+        return self.decode_head.features(c4, pooled_mean)
+
+    def deep_reach(self) -> dict[str, Any]:
+        """What tiling the shrunk view needs: the backbone's reach (view px) and stride, the head's reach
+        (c4 cells), and whether the head is local apart from its global mean (PSP's bins are not)."""
+        radius, stride = resnet_receptive_field(self.backbone)
+        return {"backbone_radius": radius, "backbone_stride": stride,
+                "head_cells": _head_radius_cells(self.decode_head),
+                "head_tileable": isinstance(self.decode_head, ASPPHead)}
+
+
+# ------------------------------------------------------------------------------------------------------
+class ISDNet(DeepPath, nn.Module):
     """ISDNet with a pluggable deep head ('aspp' as in the paper's main model, or 'psp').
 
     Whole-image inference: `forward(x)` on a normalised (B, 3, H, W) tensor,
@@ -273,45 +311,57 @@ class ISDNet(nn.Module):
             },
         )
 
-    # -- decomposed inference API (the two-scale engine calls exactly these) ------------------------------
-    def deep_input(self, x: torch.Tensor) -> torch.Tensor:
-        """Nearest downsample to (H // r, W // r), as the official segmentor does (pixel 4i for r=4)."""
-        h, w = x.shape[-2:]
-        return F.interpolate(x, size=(h // self.down_ratio, w // self.down_ratio), mode="nearest")
+    # -- the bi-path protocol: uhrcli.inference.bipath drives these stages tile by tile ----------------
+    # Every stage is local (fully convolutional) given the image-wide vectors it takes as arguments;
+    # the non-local parts (global means, resizes between scales) are left to the caller, which takes
+    # them over the whole image. forward() below is composed of exactly these calls.
+    def deep_context(self, deep_feat: torch.Tensor) -> torch.Tensor:
+        """fuse16's context branch (3x3 ConvBNReLU) on the deep map: c16, whose mean fuse16 pools."""
+        return self.fuse16.context_att.conv_bn_relu(deep_feat)
 
-    def deep_backbone(self, x_down: torch.Tensor) -> torch.Tensor:
-        """c4: the last backbone map (512 ch for r18, 2048 for r50) at 1/8 of the shrunk input."""
-        return self.backbone(x_down)[-1]
-
-    def deep_pool(self, c4: torch.Tensor) -> torch.Tensor:
-        """(B, C) sum over H, W of what the head's global pooling averages (c4 itself, for both heads)."""
-        return self.decode_head.pool(c4)
-
-    def deep_head(self, c4: torch.Tensor, pooled_mean: torch.Tensor | None = None) -> torch.Tensor:
-        """deep_feat (B, 128, h, w); pooled_mean (B, C) replaces the local mean of the global pooling branch."""
-        return self.decode_head.features(c4, pooled_mean)
-
-    def shallow(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def shallow(self, x: torch.Tensor, place: Placement | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Laplacian residuals of the normalised full-res image/tile -> (feat8 256 ch 1/8, feat16 512 ch 1/16)."""
-        return self.stdc_net(self.lap_pyramid.shallow_input(x))
+        return self.stdc_net(self.lap_pyramid.shallow_input(x, place))
+
+    def spatial8(self, feat8: torch.Tensor) -> torch.Tensor:
+        """fuse8's spatial branch (3x3 ConvBNReLU): s8, whose mean fuse8 pools."""
+        return self.fuse8.spatial_att.conv_bn_relu(feat8)
+
+    def spatial16(self, feat16: torch.Tensor) -> torch.Tensor:
+        """fuse16's spatial branch: s16, whose mean fuse16 pools."""
+        return self.fuse16.spatial_att.conv_bn_relu(feat16)
+
+    def fusion_weights(self, level: int, s_gap: torch.Tensor, c_gap: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(spatial, context) channel weights (B, C, 1, 1) of fuse16 or fuse8 from image-wide means (B, C)."""
+        return (self.fuse16 if level == 16 else self.fuse8).weights(s_gap, c_gap)
+
+    def fuse16_context(self, s16: torch.Tensor, ctx16: torch.Tensor, s_w16: torch.Tensor) -> torch.Tensor:
+        """f16 = fuse16(s16, ctx16), then fuse8's context branch on it: c8 (1/16 grid).
+
+        ctx16 is fuse16's weighted context (c16 * c_w16) resized onto s16's grid.
+        """
+        return self.fuse8.context_att.conv_bn_relu(self.fuse16.merge(s16, s_w16, ctx16))
+
+    def fuse8_logits(self, s8: torch.Tensor, ctx8: torch.Tensor, s_w8: torch.Tensor) -> torch.Tensor:
+        """Logits at 1/8 from s8 and fuse8's weighted context (c8 * c_w8) resized onto s8's grid."""
+        return self.classify(self.fuse8.merge(s8, s_w8, ctx8))
 
     def classify(self, f8: torch.Tensor) -> torch.Tensor:
         """Logits at 1/8 (Dropout2d, inactive in eval, then the 3x3+1x1 head)."""
         return self.conv_seg(self.dropout(f8))
 
-    @staticmethod
-    def _fuse(fusion: RelationAwareFusion, sp: torch.Tensor, cp: torch.Tensor) -> torch.Tensor:
-        s_feat, c_feat = fusion.features(sp, cp)
-        return fusion.combine(s_feat, c_feat, s_feat.mean(dim=(2, 3)), c_feat.mean(dim=(2, 3)), s_feat.shape[-2:])
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Whole-image inference: (B, 3, H, W) normalised -> logits (B, K, H, W). Training uses losses()."""
-        c4 = self.deep_backbone(self.deep_input(x))
-        deep_feat = self.deep_head(c4)
+        deep = self.deep_head(self.deep_backbone(self.deep_input(x)))
         feat8, feat16 = self.shallow(x)
-        f16 = self._fuse(self.fuse16, feat16, deep_feat)
-        f8 = self._fuse(self.fuse8, feat8, f16)
-        return resize(self.classify(f8), x.shape[-2:])
+        s8, s16 = self.spatial8(feat8), self.spatial16(feat16)
+        c16 = self.deep_context(deep)
+        s_w16, c_w16 = self.fusion_weights(16, s16.mean(dim=(2, 3)), c16.mean(dim=(2, 3)))
+        c8 = self.fuse16_context(s16, resize(c16 * c_w16, s16.shape[-2:]), s_w16)
+        s_w8, c_w8 = self.fusion_weights(8, s8.mean(dim=(2, 3)), c8.mean(dim=(2, 3)))
+        logits = self.fuse8_logits(s8, resize(c8 * c_w8, s8.shape[-2:]), s_w8)
+        return resize(logits, x.shape[-2:])
 
     # -- training ---------------------------------------------------------------------------------------
     def forward_train(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -368,7 +418,7 @@ class ISDNet(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------------
-class DeepLabV3(nn.Module):
+class DeepLabV3(DeepPath, nn.Module):
     """Baseline: dilated ResNet V1c (d8) + ASPP, optionally on the image shrunk by `down_ratio` (nearest).
 
     Output logits are upsampled bilinearly to the input size. With
@@ -403,12 +453,13 @@ class DeepLabV3(nn.Module):
                    "global_pooling": True},
         )
 
+    def deep_logits(self, deep_feat: torch.Tensor) -> torch.Tensor:
+        """The head's classifier (1x1) on deep_feat: logits at 1/8 of the shrunk image."""
+        return self.decode_head.cls_seg(deep_feat)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        if self.down_ratio > 1:
-            x = F.interpolate(x, size=(h // self.down_ratio, w // self.down_ratio), mode="nearest")
-        feat = self.decode_head.features(self.backbone(x)[-1])
-        return resize(self.decode_head.cls_seg(feat), (h, w))
+        feat = self.deep_head(self.deep_backbone(self.deep_input(x)))
+        return resize(self.deep_logits(feat), x.shape[-2:])
 
     def load_backbone_weights(self, path: str) -> dict[str, Any]:
         """ImageNet ResNet weights (torchvision layout) into the deep branch; `uhr train --backbone-weights`."""
@@ -419,9 +470,7 @@ class DeepLabV3(nn.Module):
         """mmseg DeepLabV3: CE 1.0 on the ASPP logits + 0.4 on the FCN auxiliary head."""
         if target.ndim == 4:
             target = target[:, 0]
-        if self.down_ratio > 1:
-            x = F.interpolate(x, size=(x.shape[-2] // self.down_ratio, x.shape[-1] // self.down_ratio))
-        feats = self.backbone(x)
+        feats = self.backbone(self.deep_input(x))
         out = {"loss_seg": seg_ce(self.decode_head.cls_seg(self.decode_head.features(feats[3])), target, 1.0,
                                   ignore_index),
                "loss_fcn_aux": seg_ce(self.auxiliary_head(feats[2]), target, 0.4, ignore_index)}

@@ -250,6 +250,13 @@ class PGNet(nn.Module):
         notes = [f"{len(missing)} {prefix[:-1]} tensor(s) not in the file, e.g. {missing[0]}"] if missing else []
         return {"loaded": len(take), "skipped": skipped, "missing": missing, "notes": notes, "source": str(path)}
 
+    def forward_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The prediction before its final upsampling (1/4 of the CNN input): the official test script
+        resizes it once, straight to the image's size."""
+        y = F.interpolate(x, size=(self.transformer_size,) * 2, mode="bilinear", align_corners=True)
+        feat, _, _, _ = self.decoder(self.swin(y), self.resnet(x), with_map=False)
+        return self.linear1(feat)
+
     def forward(self, x: torch.Tensor, return_aux: bool | None = None,
                 out_size: Sequence[int] | None = None) -> torch.Tensor | PGNetOutput:
         """See the class docstring; out_size resizes the prediction (bilinear) like the official `shape`."""

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..geometry import Placement, halvings, resize_window
 from .layers import resize
 
 
@@ -143,7 +144,25 @@ class LaplacianPyramid(nn.Module):
             cur = down
         return residuals
 
-    def shallow_input(self, img: torch.Tensor) -> torch.Tensor:
-        """6-channel input: cat[h1, bilinear_up(h2)] (num_high=2)."""
+    def shallow_input(self, img: torch.Tensor, place: Placement | None = None) -> torch.Tensor:
+        """6-channel input: cat[h1, bilinear_up(h2)] (num_high=2).
+
+        place: where `img` (a tile) sits in the whole image; the upsampling of
+        each coarser residual then uses the whole image's size ratio (not 2
+        when a size is odd), so a tile sees what the whole-image forward sees.
+        """
         res = self.forward(img)
-        return torch.cat([res[0]] + [resize(r, res[0].shape[-2:]) for r in res[1:]], dim=1)
+        if place is None:
+            ups = [resize(r, res[0].shape[-2:]) for r in res[1:]]
+        else:
+            h, w = res[0].shape[-2:]
+            dst = (place.row, place.row + h, place.col, place.col + w)
+            ups = []
+            for level, r in enumerate(res[1:], start=1):
+                f = 2 ** level  # tile origins are multiples of the total stride, so of f
+                size = (halvings(place.height, level), halvings(place.width, level))
+                # the last row/column of an interior tile edge may need a cell past the tile: it lies
+                # in the halo, whose values are discarded, so the edge is clamped there
+                ups.append(resize_window(r, (place.row // f, place.col // f), size, dst,
+                                         (place.height, place.width), clamp=True))
+        return torch.cat([res[0]] + ups, dim=1)

@@ -19,7 +19,7 @@ from rasterio.windows import Window
 
 from ..errors import InputError, MissingInputError, UsageError
 from ..evaluate.files import RASTER_SUFFIXES, match_key, stem_of
-from ..evaluate.labels import (DEEPGLOBE_CLASSES, DEEPGLOBE_COLOURS, IGNORE, LabelDecoder, binary_255_is_foreground,
+from ..evaluate.labels import (DEEPGLOBE_CLASSES, IGNORE, LabelDecoder, binary_255_is_foreground,
                                mask_histogram)
 from ..io.readers import open_reader
 from ..io.scaling import make_scaler, normalise

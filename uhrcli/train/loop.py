@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,7 +22,6 @@ import torch.nn as nn
 from rasterio.windows import Window
 
 from ..device import autocast, resolve_device
-from ..engine import Preprocess
 from ..errors import CheckpointError, InputError, MissingInputError, OutputError, UhrError, UsageError
 from ..evaluate.labels import DEEPGLOBE_COLOURS, IGNORE
 from ..evaluate.metrics import confusion_matrix, metrics_from_confusion
@@ -33,7 +31,7 @@ from .augment import AugmentConfig
 from .config import TrainConfig, parse_classes, write_json
 from .datasets import CropDataset, DatasetSpec, build_spec, steps_per_epoch
 from .logs import MetricsCSV, plot_curves
-from .losses import compute_losses, main_output
+from .losses import compute_losses
 from .schedule import poly_lr
 
 LAST, BEST, STATE = "last.safetensors", "best.safetensors", "last_state.pt"
@@ -128,40 +126,36 @@ def _optimizer(cfg: TrainConfig, model: nn.Module, base_lr: float) -> torch.opti
 
 
 @torch.no_grad()
-def validate(model: nn.Module, spec: DatasetSpec, device: torch.device, amp: bool = False, tile: int = 1024,
+def validate(model: nn.Module, spec: DatasetSpec, device: torch.device, amp: bool = False, tile: int | None = None,
              stretch: str = "auto", mean_excludes: list[int] | None = None) -> dict[str, float]:
-    """Score the model on a dataset tile by tile (halo = receptive field, at most a quarter tile)."""
+    """Score the model on a dataset with the inference deployment runs: `uhr segment`'s inferer (exact
+    whole-image predictions, tiled) or `uhr saliency`'s resize-predict-resize. best.safetensors is chosen
+    on what deployment computes."""
+    from ..inference import InferOptions
+    from ..inference.raster import infer_raster
+    from ..saliency import predict_saliency
+
     info = model.info
-    sm = max(1, int(info.size_multiple))
-    t = _ceil_to(tile, sm)
-    halo = _ceil_to(min(int(info.receptive_field), t // 4), sm)
     was_training = model.training
     model.eval()
     k = max(1, len(spec.class_names))
     cm = np.zeros((k, k + 1), np.int64)
     abs_err, n_px = 0.0, 0
     dec = spec.decoder
+    size = int(info.extra.get("default_size", 1024))
     try:
         for s, (h, w) in zip(spec.samples, spec.sizes):
             with open_reader(s.image, validate=False) as img, open_reader(s.mask, bands=dec.bands, validate=False) as mk:
-                pre = Preprocess(make_scaler(img, stretch), info.mean, info.std)
-                for r0 in range(0, h, t):
-                    for c0 in range(0, w, t):
-                        th, tw = min(t, h - r0), min(t, w - c0)
-                        win = Window(c0 - halo, r0 - halo, _ceil_to(tw, sm) + 2 * halo, _ceil_to(th, sm) + 2 * halo)
-                        x = torch.from_numpy(pre(img.read(win)))[None].to(device)
-                        with autocast(device, amp):
-                            out = main_output(model(x)).float()
-                        out = out[0, :, halo:halo + th, halo:halo + tw]
-                        core = Window(c0, r0, tw, th)
-                        y = dec(mk.read(core), mk.read_mask(core))
-                        if spec.task == "saliency":
-                            p = torch.sigmoid(out[0]).cpu().numpy()
-                            abs_err += float(np.abs(p - y).sum())
-                            n_px += y.size
-                        else:
-                            pred = out.argmax(0).to(torch.uint8).cpu().numpy()
-                            cm += confusion_matrix(pred, y, k, IGNORE)
+                whole = Window(0, 0, w, h)
+                y = dec(mk.read(whole), mk.read_mask(whole))
+                if spec.task == "saliency":
+                    p = predict_saliency(model, make_scaler(img, stretch)(img.read(whole)), size, device, amp)
+                    abs_err += float(np.abs(p - y).sum())
+                    n_px += y.size
+                else:
+                    pred = infer_raster(model, img, device=device, stretch=stretch, tile=tile,
+                                        options=InferOptions(amp=amp, channels_last=False)).classes
+                    cm += confusion_matrix(pred, y, k, IGNORE)
     finally:
         model.train(was_training)
     if spec.task == "saliency":
@@ -220,9 +214,14 @@ def train(cfg: TrainConfig, on_event: Event | None = None) -> TrainResult:
         amp = False
         notes.append("--amp ignored on CPU (fp32; bf16 autocast is never used on CPU)")
     base_lr = cfg.lr if cfg.lr is not None else (0.01 if cfg.optimizer == "sgd" else 1e-4)
-    crop = _ceil_to(cfg.crop, max(1, int(info.size_multiple)))
-    if crop != cfg.crop:
-        notes.append(f"crop rounded up to {crop} (a multiple of the model's stride {info.size_multiple})")
+    # segmentation crops keep their size: the networks run at any size and infer on whole images that are
+    # rarely a multiple of their stride, where their scales' grids sit differently (the official ISDNet
+    # configs crop 1224 and 2000 px); saliency trains at multiples of 32, as PGNet's multi-scale batches do
+    crop = int(cfg.crop)
+    if spec.task == "saliency":
+        crop = _ceil_to(cfg.crop, max(1, int(info.size_multiple)))
+        if crop != cfg.crop:
+            notes.append(f"crop rounded up to {crop} (a multiple of the model's stride {info.size_multiple})")
     spe = steps_per_epoch(spec, crop, cfg.batch_size)
     total = int(cfg.steps) if cfg.steps is not None else spe * int(cfg.epochs or DEFAULT_EPOCHS)
 

@@ -1,0 +1,107 @@
+"""One inferer per model: the code that turns a raster's tiles into what the model's whole-image
+forward would give, used by `uhr segment`, `uhr eval run`, training's validation and `uhr bench`.
+
+`make_inferer(model, device, options)` picks by what the model implements:
+  - the bi-path protocol (ISDNet: deep_*, shallow, spatial8/16, fusion_weights, fuse16_context,
+    fuse8_logits) -> BiPathInferer: the deep path once over the shrunk raster, then passes over
+    full-resolution tiles that make the fusions' means image-wide;
+  - the deep-path protocol alone (DeepLabV3: deep_*, deep_logits) -> DeepInferer: the network once
+    over the (shrunk) raster, tiles are only resampled from its logits;
+  - forward_logits + logit_size (fully convolutional models) -> LocalInferer: tiles with a halo,
+    the final upsampling taken in the whole image's coordinates;
+  - anything else -> LocalInferer on the model's own full-resolution output.
+Every inferer answers `__call__(batch, tiles)` with one array per tile covering
+`grid.out_window(tile, out_margin)`: uint8 classes (1, h, w) when `classes_only`, else float32
+probabilities (K, h, w).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+import torch
+
+from ..featcache import CacheBudget
+from ..tiling import Tile, TileGrid
+from .runner import Runner
+
+
+class Inferer(Protocol):
+    num_classes: int
+    halo: int  # full-resolution pixels of context a tile needs on each side
+    multiple: int  # tile origins on multiples of this
+    classes_only: bool  # set by the engine when no probabilities are written
+    out_margin: int  # set by the engine: pixels beyond the core a merger needs (blend)
+
+    def needs_pixels(self, tile: Tile) -> bool: ...
+
+    def prepare(self, reader: Any, preprocess: Any, grid: TileGrid, progress: Callable | None = None,
+                state: dict | None = None) -> dict | None: ...
+
+    def __call__(self, batch: np.ndarray | None, tiles: Sequence[Tile]) -> list[np.ndarray]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class InferOptions:
+    """How an inferer runs; budgets of the caches between passes (see uhrcli.featcache)."""
+
+    amp: bool = False
+    channels_last: bool = True
+    cache: CacheBudget = field(default_factory=CacheBudget)
+    cache_dtype: torch.dtype | None = None  # None: float16 under fp16 autocast, else float32 (no extra rounding)
+    deep_whole_max: int | None = None  # shrunk-view pixels run in one deep pass
+    deep_tile: int | None = None
+    border: str = "clip"
+    strict: bool = False  # raise instead of clamping when a halo is too small for exactness
+
+
+def logits_to_probs(logits: torch.Tensor) -> torch.Tensor:
+    return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
+
+
+def logits_to_output(logits: torch.Tensor, classes_only: bool) -> np.ndarray:
+    """(1, K, h, w) logits -> (K, h, w) float32 probabilities, or (1, h, w) uint8 classes taken on the device."""
+    logits = logits.float()
+    if classes_only:
+        cls = (logits >= 0) if logits.shape[1] == 1 else logits.argmax(1, keepdim=True)
+        return cls.to(torch.uint8)[0].cpu().numpy()
+    return logits_to_probs(logits)[0].cpu().numpy()
+
+
+def kind_of(model: torch.nn.Module) -> str:
+    """'bipath', 'deep', 'local' or 'plain': which inferer a model gets."""
+    if all(hasattr(model, a) for a in ("deep_backbone", "shallow", "fusion_weights", "fuse8_logits")):
+        return "bipath"
+    if all(hasattr(model, a) for a in ("deep_backbone", "deep_head", "deep_logits")):
+        return "deep"
+    if hasattr(model, "forward_logits") and hasattr(model, "logit_size"):
+        return "local"
+    return "plain"
+
+
+def make_inferer(model: torch.nn.Module, device: torch.device, options: InferOptions | None = None) -> Inferer:
+    opts = options or InferOptions()
+    runner = Runner(device, amp=opts.amp, channels_last=opts.channels_last)
+    kind = kind_of(model)
+    if opts.border != "clip" and kind in ("bipath", "deep"):
+        from ..errors import UsageError
+
+        raise UsageError(f"--border {opts.border}: model {model.info.name} sees the whole image through its deep "
+                         "path; only --border clip applies")
+    if kind == "bipath":
+        from .bipath import BiPathInferer
+
+        return BiPathInferer(model, runner, opts)
+    if kind == "deep":
+        from .deeponly import DeepInferer
+
+        return DeepInferer(model, runner, opts)
+    from .local import LocalInferer
+
+    return LocalInferer(model, runner, opts, use_logits=kind == "local" and opts.border == "clip")
+
+
+__all__ = ["Inferer", "InferOptions", "make_inferer", "kind_of", "logits_to_output", "logits_to_probs", "Runner"]
