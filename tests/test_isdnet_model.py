@@ -2,7 +2,6 @@
 receptive field, training on a real tile, converter and backbone loading."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,9 +12,10 @@ from uhrcli.errors import CheckpointError
 from uhrcli.models import create_model, list_models
 from uhrcli.models.convert import convert_file, convert_isdnet_mmseg, to_official_keys
 from uhrcli.models.flops import count_flops, count_params
+
+from .conftest import EXAMPLES
 from uhrcli.models.resnet import load_backbone_weights
 
-DATA = Path(__file__).parents[1] / ".." / "shared" / "data"
 
 
 def _perturbed(name: str, num_classes: int = 3, seed: int = 0) -> torch.nn.Module:
@@ -145,12 +145,10 @@ def test_shallow_receptive_field_matches_autograd():
 
 
 def _real_batch() -> tuple[torch.Tensor, torch.Tensor]:
-    if not DATA.is_dir():
-        pytest.skip("../shared/data is not present")
     import tifffile
 
-    img = tifffile.imread(DATA / "aerial_seg" / "deeposlandia_inria_aerial_sample_img.tif")
-    lab = tifffile.imread(DATA / "aerial_seg" / "deeposlandia_inria_aerial_sample_label.tif")
+    img = tifffile.imread(EXAMPLES / "austin_inria_crop.tif")
+    lab = tifffile.imread(EXAMPLES / "austin_inria_crop_buildings.tif")
     crops = [(500, 250), (700, 500)]  # 128x128 crops, 28 % buildings: small enough for a 2-core CPU
     mean = np.array([123.675, 116.28, 103.53], np.float32)
     std = np.array([58.395, 57.12, 57.375], np.float32)

@@ -10,21 +10,18 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from tests.conftest import run_uhr
+from tests.conftest import DATA, EXAMPLES, run_uhr
 from uhrcli.errors import OutputError, UsageError
 from uhrcli.io.resample import resample_reader
 from uhrcli.models import build_model, list_models
 from uhrcli.saliency import load_saliency_model, run_saliency
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TINY = dict(model="fcn-tiny", weights="random")
 pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 
 
 def _photos() -> Path:
-    if not (SHARED / "photos").is_dir():
-        pytest.skip("../shared/data/photos is not present")
-    return SHARED / "photos"
+    return DATA  # chelsea, coffee, astronaut, rocket: small real photos shipped with the tests
 
 
 @pytest.fixture(scope="module")
@@ -160,14 +157,12 @@ def test_streaming_path_matches_in_memory(tmp_path: Path) -> None:
 
 
 def test_streaming_keeps_georeferencing(tmp_path: Path) -> None:
-    src = SHARED / "geo" / "rasterio_RGB.byte.tif"
-    if not src.exists():
-        pytest.skip("geo sample absent")
+    src = EXAMPLES / "landsat_rgb_nodata_collar.tif"
     import rasterio
 
     rep = run_saliency(src, tmp_path, **TINY, size=64, stream_pixels=1000, outputs="map", bit_depth=16)
     assert rep.ok
-    with rasterio.open(src) as a, rasterio.open(tmp_path / "rasterio_RGB.byte.tif") as b:
+    with rasterio.open(src) as a, rasterio.open(tmp_path / "landsat_rgb_nodata_collar.tif") as b:
         assert b.crs == a.crs and b.transform == a.transform and b.shape == a.shape and b.dtypes[0] == "uint16"
 
 

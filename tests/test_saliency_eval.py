@@ -11,22 +11,19 @@ import pytest
 from PIL import Image
 from scipy.ndimage import binary_erosion
 
-from tests.conftest import run_uhr
+from tests.conftest import SALIENCY_STEMS, run_uhr
 from uhrcli.errors import InputError
 from uhrcli.metrics.saliency import MissingDependencyError, boundary_iou, evaluate_saliency_dirs, mask_boundary
 
-SOD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sod"
-STEMS = ("davis_car-shadow_00000", "davis_car-shadow_00020")
+STEMS = SALIENCY_STEMS
 
 
 @pytest.fixture()
-def gt_dir(tmp_path: Path) -> Path:
-    if not all((SOD / f"{s}.png").exists() for s in STEMS):
-        pytest.skip("../shared/data/sod is not present")
+def gt_dir(tmp_path: Path, saliency_pairs: Path) -> Path:
     d = tmp_path / "gt"
     d.mkdir()
     for s in STEMS:
-        shutil.copy(SOD / f"{s}.png", d / f"{s}.png")
+        shutil.copy(saliency_pairs / f"{s}.png", d / f"{s}.png")
     return d
 
 
@@ -98,7 +95,7 @@ def test_matching_resizing_and_json_cli(gt_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "res" / "metrics.json"
     r = run_uhr("eval", "saliency", "--pred", str(pred_dir), "--gt", str(gt_dir), "--json", str(out))
     assert r.returncode == 0, r.stderr
-    assert "resized" in r.stderr and "stray" in r.stderr and "davis_car-shadow_00020" in r.stderr
+    assert "resized" in r.stderr and "stray" in r.stderr and STEMS[1] in r.stderr
     assert "boundary IoU" in r.stdout
     res = json.loads(out.read_text())
     assert res["n_images"] == 1 and res["unmatched_pred"] == ["stray"]

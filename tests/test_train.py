@@ -15,20 +15,19 @@ from uhrcli.models import build_model, list_models
 from uhrcli.models.checkpoint import load_checkpoint
 from uhrcli.train import TrainConfig, build_spec, discover, poly_lr, train, validate
 from uhrcli.train.datasets import CropDataset
-from tests.conftest import run_uhr
+from tests.conftest import SALIENCY_STEMS, run_uhr
 
 warnings.filterwarnings("ignore", category=UserWarning)
 
 
 @pytest.fixture()
-def inria_dir(shared_data: Path, tmp_path: Path) -> Path:
+def inria_dir(austin_pair: tuple[Path, Path], tmp_path: Path) -> Path:
     """The real Inria sample in the Inria layout (images/ + gt/, 0/255 building mask)."""
     root = tmp_path / "inria"
     (root / "images").mkdir(parents=True)
     (root / "gt").mkdir()
-    src = shared_data / "aerial_seg"
-    (root / "images" / "austin1.tif").symlink_to(src / "deeposlandia_inria_aerial_sample_img.tif")
-    (root / "gt" / "austin1.tif").symlink_to(src / "deeposlandia_inria_aerial_sample_label.tif")
+    (root / "images" / "austin1.tif").symlink_to(austin_pair[0])
+    (root / "gt" / "austin1.tif").symlink_to(austin_pair[1])
     return root
 
 
@@ -201,14 +200,14 @@ def test_config_toml_defaults_cli_overrides(tmp_path: Path) -> None:
 
 
 @pytest.fixture()
-def duts_dir(shared_data: Path, tmp_path: Path) -> Path:
-    """Two real DAVIS frames with their masks in the DUTS layout."""
+def duts_dir(saliency_pairs: Path, tmp_path: Path) -> Path:
+    """Two real photos with their masks in the DUTS layout."""
     root = tmp_path / "sod"
     (root / "DUTS-TR-Image").mkdir(parents=True)
     (root / "DUTS-TR-Mask").mkdir()
-    for s in ("00000", "00020"):
-        (root / "DUTS-TR-Image" / f"car{s}.jpg").symlink_to(shared_data / "sod" / f"davis_car-shadow_{s}.jpg")
-        (root / "DUTS-TR-Mask" / f"car{s}.png").symlink_to(shared_data / "sod" / f"davis_car-shadow_{s}.png")
+    for s in SALIENCY_STEMS:
+        (root / "DUTS-TR-Image" / f"{s}.jpg").symlink_to(saliency_pairs / f"{s}.jpg")
+        (root / "DUTS-TR-Mask" / f"{s}.png").symlink_to(saliency_pairs / f"{s}.png")
     return root
 
 

@@ -9,8 +9,6 @@ resumes where it stopped and produces the same bytes.
 from __future__ import annotations
 
 import queue
-import resource
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,7 +16,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from .errors import InputError, UhrError
+from .errors import InputError, UhrError, first_line
 from .io.readers import RasterReader
 from .io.scaling import Scaler, normalise
 from .merge import BlendMerger, CropMerger
@@ -43,11 +41,6 @@ class EngineStats:
     @property
     def mpix_per_s(self) -> float:
         return self.pixels / 1e6 / self.seconds if self.seconds > 0 else 0.0
-
-
-def peak_rss_mb() -> float:
-    ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return ru / 1024.0 if sys.platform != "darwin" else ru / 1e6
 
 
 class Preprocess:
@@ -77,6 +70,8 @@ class Preprocess:
             for b in range(raw.shape[0]):
                 np.take(lut[b], raw[b], out=out[b])
             return out
+        if raw.dtype.kind == "f":  # NaN/inf pixels are nodata (masked); 0 keeps them from spreading through convs
+            raw = np.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0)
         return normalise(self.scaler(raw), self.mean, self.std).astype(np.float32, copy=False)
 
 
@@ -122,7 +117,7 @@ def _reader_thread(reader: RasterReader, tiles: list[Tile], preprocess: Preproce
     except Exception as exc:  # noqa: BLE001 - a decoder failure mid-file: the input is damaged
         where = f" near row {int(t.read.row_off)}, column {int(t.read.col_off)}" if t is not None else ""
         _offer(out, stop, InputError(f"{reader.path}: failed to read pixels{where}: the file is corrupt or "
-                                     f"truncated ({str(exc)[:160]})"))
+                                     f"truncated ({first_line(exc, 160)})"))
         return
     except BaseException as exc:  # noqa: BLE001 - forwarded to the main thread
         _offer(out, stop, exc)

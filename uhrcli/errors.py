@@ -34,3 +34,15 @@ class OutputError(UhrError):
 
 class CheckpointError(UhrError):
     exit_code = 65
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception's first line (or its type's name), for one-line messages."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+
+
+class Interrupted(UhrError):
+    """Ctrl-C: what was done is kept; the message says how to continue."""
+
+    exit_code = 130

@@ -14,10 +14,10 @@ from __future__ import annotations
 import math
 import numpy as np
 
+from .io.writers import NODATA
 from .scratch import Scratch
 from .tiling import AxisTile, Tile, TileGrid, window_slices
 
-NODATA = 255
 
 
 def to_uint8_probs(p: np.ndarray) -> np.ndarray:

@@ -13,7 +13,6 @@ others.
 """
 from __future__ import annotations
 
-import fnmatch
 import importlib
 import os
 import time
@@ -29,10 +28,11 @@ import torch.nn.functional as F
 from rasterio.windows import Window
 
 from .device import autocast, default_amp, resolve_device
-from .engine import peak_rss_mb
-from .errors import InputError, MissingInputError, OutputError, UhrError, UsageError
+from .proc import peak_rss_mb
+from .errors import InputError, OutputError, UhrError, UsageError, first_line
 from .io import writers as W
-from .io.readers import RasterMeta, open_reader
+from .io.inputs import expand_inputs
+from .io.readers import RasterMeta, gdal_env, open_reader, quiet_libtiff
 from .io.resample import resample_reader, upsample_strips
 from .io.scaling import make_scaler
 from .models.fuse import fold_batchnorm
@@ -42,7 +42,6 @@ INPUT_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
 DEFAULT_STREAM_PIXELS = 100_000_000
 OVERLAY_TINT = np.array([16.0, 24.0, 64.0], np.float32)  # dark blue wash outside the object
 OVERLAY_KEEP = 0.35  # fraction of the image kept in the background
-TIFF_BLOCK = 256
 
 ProgressFn = Callable[[str, int, int], Any]
 
@@ -117,55 +116,6 @@ def parse_outputs(outputs: str | Iterable[str]) -> tuple[str, ...]:
     return tuple(k for k in OUTPUT_KINDS if k in kinds)
 
 
-def _is_inside(p: Path, folder: Path) -> bool:
-    try:
-        p.resolve().relative_to(folder.resolve())
-        return True
-    except ValueError:
-        return False
-
-
-def expand_inputs(inputs: Sequence[str | os.PathLike], outdir: Path, recursive: bool = False,
-                  pattern: str | None = None) -> list[tuple[Path, Path]]:
-    """(image, path relative to OUTDIR without suffix) for files and folders.
-
-    A folder contributes its image files (matching `pattern` when given,
-    sorted), named by their path below it; a file is named by its stem alone.
-    Files under OUTDIR are never inputs, so a re-run into a folder inside the
-    input tree does not process its own outputs.
-    """
-    found: list[tuple[Path, Path]] = []
-    for item in inputs:
-        p = Path(item)
-        if not p.exists():
-            raise MissingInputError(f"input not found: {p}")
-        if p.is_dir() and p.suffix != ".zarr":
-            it = p.rglob("*") if recursive else p.iterdir()
-            files = []
-            for q in it:
-                rel = q.relative_to(p)
-                if not q.is_file() or any(part.startswith(".") for part in rel.parts):
-                    continue
-                if pattern is not None:
-                    if not fnmatch.fnmatch(q.name, pattern):
-                        continue
-                elif q.suffix.lower() not in INPUT_SUFFIXES:
-                    continue
-                if _is_inside(q, outdir):
-                    continue
-                files.append((q, rel.with_suffix("")))
-            if not files:
-                what = f"matching {pattern!r}" if pattern else "with an image suffix"
-                hint = "" if recursive else " (use --recursive for subfolders)"
-                raise InputError(f"{p}: folder holds no files {what}{hint}")
-            found.extend(sorted(files))
-        else:
-            found.append((p, Path(p.stem)))
-    if not found:
-        raise UsageError("no input given")
-    return found
-
-
 def _output_paths(base: Path, kinds: Sequence[str], huge: bool) -> dict[str, Path]:
     names = {
         "map": base.name + (".tif" if huge else ".png"),
@@ -200,7 +150,7 @@ def plan_jobs(inputs: Sequence[str | os.PathLike], outdir: Path, kinds: Sequence
     """Resolve every input to its output targets; refuse two inputs that would share a name."""
     jobs: list[Job] = []
     seen: dict[Path, Path] = {}
-    for src, rel in expand_inputs(inputs, outdir, recursive, pattern):
+    for src, rel in expand_inputs(inputs, INPUT_SUFFIXES, recursive=recursive, pattern=pattern, exclude=outdir):
         key = Path(str(rel).lower())
         if key in seen:
             raise UsageError(f"two inputs would write the same outputs {rel}: {seen[key]} and {src} "
@@ -407,34 +357,32 @@ def _write_huge(p: Prepared, logits: torch.Tensor, threshold: float, bit_depth: 
     meta = p.meta
     done: list[tuple[Path, Path]] = []
     dsts = {}
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), quiet_libtiff():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.Env(GDAL_CACHEMAX=64):
+        with gdal_env(GDAL_CACHEMAX=64):
             try:
                 for kind, target in targets.items():
                     tmp = W.temp_path(target)
                     done.append((tmp, target))
                     dtype = "uint16" if (kind == "map" and bit_depth == 16) else "uint8"
-                    prof: dict[str, Any] = dict(
-                        driver="GTiff", width=p.width, height=p.height, count=1, dtype=dtype, tiled=True,
-                        blockxsize=TIFF_BLOCK, blockysize=TIFF_BLOCK, compress="deflate", predictor=2,
-                        bigtiff="IF_SAFER")
-                    if meta is not None and meta.crs is not None:
-                        prof["crs"] = meta.crs
-                    if meta is not None and meta.transform is not None:
-                        prof["transform"] = meta.transform
+                    prof = W.geotiff_profile(p.height, p.width, 1, dtype, meta.crs if meta else None,
+                                             meta.transform if meta else None)
                     dsts[kind] = rasterio.open(tmp, "w", **prof)
-                for r0, r1, rows in upsample_strips(small, p.height, p.width, TIFF_BLOCK):
+                last: dict[str, tuple[int, int, np.ndarray]] = {}
+                for r0, r1, rows in upsample_strips(small, p.height, p.width, W.STRIP):
                     prob = 1.0 / (1.0 + np.exp(-rows))
                     for kind, dst in dsts.items():
                         block = _quantise(prob, bit_depth) if kind == "map" else \
                             np.where(prob >= threshold, 255, 0).astype(np.uint8)
                         dst.write(block[None], window=((r0, r1), (0, p.width)))
+                        last[kind] = (r0, r1, block)
                 for kind, dst in dsts.items():
                     dst.update_tags(software="uhr saliency", content="saliency map x/255" if kind == "map" else "binary mask")
             finally:
                 for dst in dsts.values():
                     dst.close()
+        for kind, (tmp, _) in zip(dsts, done):
+            W.verify_raster(tmp, p.height, p.width, 1, last.get(kind))
     return done
 
 
@@ -498,6 +446,7 @@ def run_saliency(inputs: str | os.PathLike | Sequence[str | os.PathLike], outdir
 
     single = isinstance(inputs, (str, os.PathLike))
     jobs = plan_jobs([inputs] if single else list(inputs), outdir, kinds, recursive, pattern, stream_pixels)
+    W.refuse_inputs_as_outputs([t for j in jobs for t in j.targets.values()], [j.src for j in jobs])
     _check_existing(jobs, overwrite, skip_existing)
 
     dev = resolve_device(device)
@@ -548,6 +497,9 @@ def run_saliency(inputs: str | os.PathLike | Sequence[str | os.PathLike], outdir
             y = y.float().cpu()
             for i, p in enumerate(batch):
                 _finish(p, y[i], threshold, bit_depth, report, fail, progress)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"interrupted: {len(report.results)} of {len(todo)} images done (each written whole); "
+                                f"rerun with --skip-existing to finish") from None
     finally:
         report.seconds = time.perf_counter() - t_run
         report.peak_rss_mb = peak_rss_mb()
@@ -587,10 +539,9 @@ def _finish(p: Prepared, logits: torch.Tensor, threshold: float, bit_depth: int,
 
 
 def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
     if isinstance(exc, OSError) and exc.errno == 28:
         return "disk full"
-    line = text.splitlines()[0] if text else type(exc).__name__
+    line = first_line(exc, 10_000)
     return line if isinstance(exc, UhrError) else f"{type(exc).__name__}: {line}"
 
 

@@ -10,6 +10,8 @@ import hashlib
 import json
 import os
 import shutil
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,66 @@ def weights_digest(weights: str | os.PathLike | None) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+class OutputLock:
+    """One run per output at a time: `.NAME.uhr-lock` beside it, locked (flock) for the run's life.
+
+    It records pid, host and start time, so a second run can name the one it meets; the kernel drops the
+    lock when its process dies (even by kill -9), so a stale lock never blocks a resume.
+    """
+
+    def __init__(self, target: Path):
+        self.target = target
+        self.path = target.with_name(f".{target.name}.uhr-lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> "OutputLock":
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise OutputError(f"cannot create {self.path}: {exc.strerror or exc}") from None
+        try:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # no flock (Windows): the lock file alone, checked by pid
+            pass
+        except OSError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            who = (f"pid {holder.get('pid')} on {holder.get('host')}, started {holder.get('started')}"
+                   if holder else "another process")
+            raise OutputError(f"{self.target} is being written by another uhr run ({who}): wait for it, or stop "
+                              f"it and rerun with --resume") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                 "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            self.path.unlink(missing_ok=True)
+        finally:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+    def __enter__(self) -> "OutputLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _read_holder(fd: int) -> dict[str, Any]:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        return json.loads(os.read(fd, 4096).decode() or "{}")
+    except (OSError, ValueError):
+        return {}
 
 
 class Scratch:
@@ -85,6 +147,17 @@ class Scratch:
             raise UsageError(f"cannot resume: the interrupted run used different {', '.join(diff)}; "
                              "repeat its exact settings or use --overwrite to start again")
         return cls(path, g)
+
+    @staticmethod
+    def moved(path: Path) -> bool:
+        """True when a run moved its outputs into place and died before removing this store (stale)."""
+        try:
+            return bool(zarr.open_group(str(path), mode="r").attrs.get("moved", False))
+        except Exception:  # noqa: BLE001 - unreadable: not known to be finished
+            return False
+
+    def mark_moved(self) -> None:
+        self.group.attrs["moved"] = True
 
     @property
     def finalized_rows(self) -> int:

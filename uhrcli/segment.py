@@ -1,6 +1,7 @@
 """`uhrcli.segment(...)`: the Python API behind `uhr segment`."""
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -14,9 +15,11 @@ import torch
 
 from . import __version__
 from .device import default_amp, resolve_device
-from .engine import EngineStats, Preprocess, peak_rss_mb, run_tiles
-from .errors import InputError, MissingInputError, OutputError, UsageError
-from .io.readers import IMAGE_SUFFIXES, TIFF_SUFFIXES, RasterReader, open_reader
+from .engine import EngineStats, Preprocess, run_tiles
+from .proc import peak_rss_mb
+from .errors import InputError, OutputError, UsageError
+from .io.inputs import expand_inputs, is_zarr_store
+from .io.readers import RasterReader, open_reader
 from .io.scaling import make_scaler
 from .io import writers as W
 from .featcache import CacheBudget
@@ -24,10 +27,9 @@ from .inference import InferOptions
 from .inference.raster import inferer_report, plan
 from .models import build_model, list_models
 from .models.fuse import fold_batchnorm
-from .scratch import Scratch, file_identity, scratch_path, weights_digest
+from .scratch import OutputLock, Scratch, file_identity, scratch_path, weights_digest
 from .tiling import BORDERS
 
-RASTER_SUFFIXES = TIFF_SUFFIXES | IMAGE_SUFFIXES | {".jp2", ".vrt", ".img", ".zarr"}
 DEFAULT_CACHE_RAM = 1 << 30
 
 
@@ -69,6 +71,7 @@ class SegmentOptions:
     channels_last: bool = True
     fold_bn: bool = True  # fold BatchNorm into convs for inference (about 10% faster for ISDNet on CPU)
     preview: bool = False
+    recursive: bool = False  # folders: take their subfolders' rasters too, mirrored into the output folder
     border: str = "clip"  # clip (exact: the network pads at the image border) or mirror
     cache_ram: int | None = None  # bytes of host RAM for features kept between passes (None: default)
     cache_disk: int | None = None  # bytes of disk for them (None: default)
@@ -93,45 +96,24 @@ def cache_budget(opts: SegmentOptions, device: torch.device, default_dir: Path |
                        disk=int(disk), dir=folder)
 
 
-def expand_inputs(inputs: Sequence[str | os.PathLike], recursive: bool = False) -> list[Path]:
-    """Files and folders -> raster files; a folder contributes its raster files (sorted)."""
-    out: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if not p.exists():
-            raise MissingInputError(f"input not found: {p}")
-        if p.is_dir() and p.suffix != ".zarr" and not (p / "zarr.json").exists():
-            it = p.rglob("*") if recursive else p.iterdir()
-            found = sorted(q for q in it if q.suffix.lower() in RASTER_SUFFIXES and not q.name.startswith("."))
-            if not found:
-                raise InputError(f"{p}: folder holds no raster files")
-            out.extend(found)
-        else:
-            out.append(p)
-    if not out:
-        raise UsageError("no input given")
-    return out
-
-
-def plan_outputs(inputs: list[Path], output: Path, fmt: str | None, many: bool) -> list[tuple[Path, Path, str]]:
-    """(input, target, format) per input. Several inputs write into the output directory."""
+def plan_outputs(inputs: list[tuple[Path, Path]], output: Path, fmt: str | None, many: bool
+                 ) -> list[tuple[Path, Path, str]]:
+    """(input, target, format) per (input, name). Several inputs write into the output folder, by name."""
     if not many:
         f = W.infer_format(output, fmt)
-        return [(inputs[0], output, f)]
+        return [(inputs[0][0], output, f)]
     if output.exists() and not output.is_dir():
         raise OutputError(f"{output}: several inputs need an output directory, and this is a file")
     f = W.infer_format(Path("x.tif"), fmt)
-    stems: dict[str, Path] = {}
+    names: dict[str, Path] = {}
     plans = []
-    for p in inputs:
-        stem = p.name[: -len(".ome.tif")] if p.name.endswith(".ome.tif") else p.stem
-        if stem in stems:
-            raise UsageError(f"two inputs would write the same output name {stem!r}: {stems[stem]} and {p}")
-        stems[stem] = p
-        plans.append((p, output / (stem + W.output_suffix(f)), f))
+    for p, rel in inputs:
+        key = str(rel).lower()
+        if key in names:
+            raise UsageError(f"two inputs would write the same output name {str(rel)!r}: {names[key]} and {p}")
+        names[key] = p
+        plans.append((p, output / (str(rel) + W.output_suffix(f)), f))
     return plans
-
-
 
 
 def _check_bands(reader: RasterReader, info) -> None:
@@ -164,9 +146,9 @@ def segment(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str
         raise UsageError(f"--halo must be >= 0, got {opts.halo}")
     if opts.batch_size < 1:
         raise UsageError("--batch-size must be >= 1")
-    single = isinstance(inputs, (str, os.PathLike))
-    paths = expand_inputs([inputs] if single else list(inputs))
-    many = len(paths) > 1 or (not single) and len(list(inputs)) > 1 or any(Path(p).is_dir() and Path(p).suffix != ".zarr" for p in ([inputs] if single else inputs))
+    given = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    paths = expand_inputs(given, recursive=opts.recursive)
+    many = len(given) > 1 or len(paths) > 1 or any(Path(p).is_dir() and not is_zarr_store(Path(p)) for p in given)
     output = Path(output)
     plans = plan_outputs(paths, output, opts.fmt, many)
     if many:
@@ -181,6 +163,9 @@ def segment(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str
     info = net.info
     if info.task != "segment":
         raise UsageError(f"model {info.name} is a {info.task} model; use `uhr {info.task}`")
+    if info.num_classes > W.NODATA:
+        raise UsageError(f"model {info.name} has {info.num_classes} classes: class maps are 8-bit with {W.NODATA} "
+                         f"as nodata, so they hold at most {W.NODATA} classes")
     if opts.fold_bn:
         fold_batchnorm(net.eval())
     wdigest = weights_digest(weights)
@@ -193,21 +178,35 @@ def segment(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str
 
 def _segment_one(src: Path, target: Path, fmt: str, net, info, wdigest: str, dev, amp: bool, opts: SegmentOptions,
                  progress) -> SegmentResult:
-    t_start = time.perf_counter()
-    W.check_target(target, opts.overwrite or False)
     ppath = W.probs_path(target, fmt) if opts.probs else None
-    extra_outputs = [ppath] if ppath is not None and ppath != target else []
-    if opts.preview:
-        extra_outputs.append(target.with_name(target.stem + "_preview.png"))
-    for p in extra_outputs:
-        if p.exists() and not opts.overwrite:
-            raise OutputError(f"output exists: {p} (pass --overwrite to replace it)")
+    preview = target.with_name(target.stem + "_preview.png") if opts.preview else None
+    outputs = [target] + [p for p in (ppath, preview) if p is not None and p != target]
+    W.refuse_inputs_as_outputs(outputs, [src])
+    W.check_target(target, True)  # the folder exists and is writable (existence is judged under the lock)
+    with OutputLock(target):
+        return _segment_locked(src, target, fmt, outputs, ppath, preview, net, info, wdigest, dev, amp, opts,
+                               progress)
+
+
+def _segment_locked(src: Path, target: Path, fmt: str, outputs: list[Path], ppath: Path | None, preview: Path | None,
+                    net, info, wdigest: str, dev, amp: bool, opts: SegmentOptions, progress) -> SegmentResult:
+    t_start = time.perf_counter()
     scratch_dir = scratch_path(target)
+    if scratch_dir.exists() and Scratch.moved(scratch_dir):  # a finished run died before cleaning up
+        shutil.rmtree(scratch_dir, ignore_errors=True)
+    if opts.resume and not scratch_dir.exists() and all(p.exists() for p in outputs):
+        return _already_done(src, target, ppath, opts, t_start)
+    replace = opts.overwrite or (opts.resume and scratch_dir.exists())  # a resumable store decides the outputs
+    for p in outputs:
+        if p.exists() and not replace:
+            raise OutputError(f"output exists: {p} (pass --overwrite to replace it)")
     if scratch_dir.exists() and not opts.resume and not opts.overwrite:
         raise OutputError(f"an interrupted run left {scratch_dir}: pass --resume to finish it or --overwrite to start again")
 
     reader = open_reader(src, bands=opts.bands)
     inferer = None
+    scratch = None
+    grid = None
     try:
         _check_bands(reader, info)
         scaler = make_scaler(reader, opts.stretch)
@@ -230,7 +229,6 @@ def _segment_one(src: Path, target: Path, fmt: str, net, info, wdigest: str, dev
         total = reader.height * reader.width
         if progress:
             progress("start", 0, total)
-        ok = False
         try:
             state = scratch.group.attrs.get("inferer_state") if resumed else None
             pending = int(len(grid) - scratch.done_tiles().sum())
@@ -250,22 +248,32 @@ def _segment_one(src: Path, target: Path, fmt: str, net, info, wdigest: str, dev
                 crs=reader.meta.crs, transform=reader.meta.transform,
                 tags={"model": info.name, "software": f"uhr {__version__}"},
             )
-            _finalize(scratch, spec, target, fmt, ppath, info.num_classes)
-            if opts.preview:
+            extra = []
+            if preview is not None:
                 from .io.preview import write_preview
 
-                preview_path = target.with_name(target.stem + "_preview.png")
-                write_preview(preview_path, reader, lambda d: np.clip(scaler(d), 0, 255).astype(np.uint8),
+                tmp_preview = W.temp_path(preview)
+                write_preview(tmp_preview, reader, lambda d: np.clip(scaler(d), 0, 255).astype(np.uint8),
                               lambda a, b, step: np.asarray(scratch.classes[a:b:step, ::step]), info.palette)
-            ok = True
+                extra.append((tmp_preview, preview))
+            _finalize(scratch, spec, target, fmt, ppath, info.num_classes, extra)
+            scratch.mark_moved()
         except InputError:
             scratch.remove()  # the input itself is broken: resuming cannot help
             raise
         finally:
             if progress:
                 progress("end", 0, 0)
-        if ok:
-            scratch.remove()
+        scratch.remove()
+    except KeyboardInterrupt:
+        done = int(scratch.done_tiles().sum()) if scratch is not None else 0
+        of = f" of {len(grid)}" if grid is not None else ""
+        keep = "; rerun with --resume" if scratch is not None and scratch_dir.exists() else ""
+        raise KeyboardInterrupt(f"interrupted: {done}{of} tiles of {target.name} done{keep}") from None
+    except OSError as exc:
+        if isinstance(exc, W.ReadBackError) or exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise W.write_failed(target, exc) from None
+        raise
     finally:
         if inferer is not None:
             inferer.close()
@@ -274,12 +282,21 @@ def _segment_one(src: Path, target: Path, fmt: str, net, info, wdigest: str, dev
                          peak_rss_mb(), resumed=resumed)
 
 
-def _finalize(scratch: Scratch, spec: W.OutputSpec, target: Path, fmt: str, ppath: Path | None, k: int) -> None:
-    """Scratch -> final files under temporary names, then move them into place together."""
+def _already_done(src: Path, target: Path, ppath: Path | None, opts: SegmentOptions, t_start: float) -> SegmentResult:
+    """--resume on an output a finished run wrote: nothing to do."""
+    with open_reader(src, bands=opts.bands, validate=False) as r:
+        h, w = r.height, r.width
+    return SegmentResult(src, target, ppath, h, w, EngineStats(), time.perf_counter() - t_start, peak_rss_mb(),
+                         resumed=True, notes=["already complete"])
+
+
+def _finalize(scratch: Scratch, spec: W.OutputSpec, target: Path, fmt: str, ppath: Path | None, k: int,
+              extra: list[tuple[Path, Path]] | None = None) -> None:
+    """Scratch -> final files under temporary names (read back), then move them into place together."""
     classes = lambda a, b: np.asarray(scratch.classes[a:b])  # noqa: E731
     probs = (lambda a, b: np.asarray(scratch.probs[:, a:b])) if scratch.probs is not None else None  # noqa: E731
     tmp_main = W.temp_path(target)
-    tmps: list[tuple[Path, Path]] = []
+    tmps: list[tuple[Path, Path]] = list(extra or [])
     try:
         if fmt == "zarr":
             W.write_zarr(tmp_main, spec, classes, probs if ppath else None, k)

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from ..device import autocast, synchronize
+from ..errors import first_line
 from ..models.fuse import fold_batchnorm
 from ..tiling import ceil_to
 from .machine import peak_rss_mb, to_device
@@ -110,7 +111,7 @@ def measure_model(spec: dict[str, Any]) -> dict[str, Any]:
     try:
         rec.update(_measure(spec, name, size, device))
     except Exception as exc:  # noqa: BLE001 - one failed row must not stop the others
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        first = first_line(exc, 10_000) if str(exc).strip() else ""
         if is_oom(exc):
             rec.update(status="oom", error=f"{type(exc).__name__}: out of memory")
         else:
@@ -206,5 +207,4 @@ def _measure(spec: dict[str, Any], name: str, size: int, device: torch.device) -
         cur = getattr(torch.mps, "driver_allocated_memory", None)
         out["peak_mem_mb"] = cur() / 2**20 if cur else None
         out["mem_source"] = "mps_driver_allocated"
-    del x, model, fwd
     return out

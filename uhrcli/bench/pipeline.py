@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import first_line
 from ..device import default_amp, synchronize
 from ..models.fuse import fold_batchnorm
 from .machine import peak_rss_mb
@@ -36,7 +37,7 @@ def measure_pipeline(spec: dict[str, Any]) -> dict[str, Any]:
             raise MemoryError(f"simulated out-of-memory for {name}@{size}")
         rec.update(_run(spec, name, device))
     except Exception as exc:  # noqa: BLE001 - report the row, let the others run
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        first = first_line(exc, 10_000) if str(exc).strip() else ""
         rec.update(status="oom" if is_oom(exc) else "error", error=f"{type(exc).__name__}: {first}")
     return rec
 

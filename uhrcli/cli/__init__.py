@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import importlib
 
-from .common import app, run_app
+from .common import app, run_app, wrap_commands
 
 # Command modules register themselves on `app` when imported.
 _COMMANDS = ["segment", "info", "saliency", "bench", "train", "evaluate", "weights"]
 for _name in _COMMANDS:
     importlib.import_module(f"{__name__}.{_name}")
+wrap_commands(app)
 
 
 def main() -> None:

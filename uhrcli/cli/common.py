@@ -1,16 +1,17 @@
 """Shared CLI plumbing: the Typer app, error reporting, option parsing helpers."""
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import traceback
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import typer
 from rich.console import Console
 
 from .. import __version__
-from ..errors import UhrError, UsageError
+from ..errors import Interrupted, UhrError, UsageError, first_line
 
 
 def _console(stderr: bool = False) -> Console:
@@ -41,23 +42,65 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+def quiet_libraries(debug: bool) -> None:
+    """GDAL's messages reach Python's logging through rasterio; without a handler they would print bare lines
+    (a full disk prints dozens). uhr reports failures itself, in one line; --debug shows them all."""
+    import logging
+
+    for name in ("rasterio", "fiona", "pyogrio", "tifffile"):
+        log = logging.getLogger(name)
+        if debug:
+            log.setLevel(logging.DEBUG)
+            if not log.handlers:
+                log.addHandler(logging.StreamHandler())
+        else:
+            log.addHandler(logging.NullHandler())
+            log.propagate = False
+
+
 @app.callback()
 def _root(
     version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
 ) -> None:
     _STATE["debug"] = debug or os.environ.get("UHR_DEBUG") == "1"
+    if _STATE["debug"]:
+        os.environ["UHR_DEBUG"] = "1"  # GDAL's messages too (uhrcli.io.readers.gdal_env)
+    quiet_libraries(_STATE["debug"])
+
+
+def interruptible(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Ctrl-C inside a command becomes Interrupted (exit 130) with the API's own message (what was done,
+    how to continue): the CLI library would otherwise swallow it into a silent exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except KeyboardInterrupt as exc:
+            raise Interrupted(str(exc) or "interrupted") from None
+
+    return wrapper
+
+
+def wrap_commands(app_: typer.Typer) -> None:
+    """Make every registered command (sub-apps included) interruptible."""
+    for cmd in app_.registered_commands:
+        if cmd.callback is not None and not getattr(cmd.callback, "__wrapped__", None):
+            cmd.callback = interruptible(cmd.callback)
+    for group in app_.registered_groups:
+        if group.typer_instance is not None:
+            wrap_commands(group.typer_instance)
 
 
 def run_app(app_: typer.Typer) -> None:
     """Run the app; expected failures become one line on stderr and an exit code."""
     try:
-        app_(standalone_mode=False)
+        rv = app_(standalone_mode=False, prog_name="uhr")
     except UhrError as exc:
         _report(exc, exc.exit_code)
-    except KeyboardInterrupt:
-        console_err.print("[red]error:[/red] interrupted; run again with --resume to continue", highlight=False)
-        sys.exit(130)
+    except KeyboardInterrupt as exc:
+        _report(Interrupted(str(exc) or "interrupted"), 130)
     except (typer.Abort,):
         sys.exit(1)
     except typer.Exit as exc:
@@ -65,18 +108,21 @@ def run_app(app_: typer.Typer) -> None:
     except SystemExit:
         raise
     except Exception as exc:  # click usage errors and everything unexpected
-        if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # click/typer usage errors
-            exc.show()
-            sys.exit(exc.exit_code)
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):  # click/typer usage errors: one line
+            ctx = getattr(exc, "ctx", None)
+            where = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+            _report(UsageError(exc.format_message().replace("\n", " ") + where), exc.exit_code)
         if isinstance(exc, OSError) and exc.errno == 28:
             _report(exc, 74, "disk full: ")
         _report(exc, 1, f"{type(exc).__name__}: ")
+    if isinstance(rv, int) and rv:  # an exit code the CLI library returned instead of raising
+        sys.exit(rv)
 
 
 def _report(exc: BaseException, code: int, prefix: str = "") -> None:
     if _STATE["debug"]:
         traceback.print_exception(exc)
-    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    msg = first_line(exc, 10_000)
     console_err.print(f"[red]error:[/red] {prefix}{msg}", highlight=False, soft_wrap=True)
     sys.exit(code)
 

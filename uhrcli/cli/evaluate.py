@@ -82,8 +82,8 @@ def _excludes(text: Optional[str]) -> list[int]:
 
 @eval_app.command("segment")
 def eval_segment(
-    pred: Path = typer.Option(..., "--pred", "-p", help="Predicted class map, or a folder of them (matched by stem)."),
-    gt: Path = typer.Option(..., "--gt", "-g", help="Ground-truth mask, or a folder of them."),
+    pred: Path = typer.Option(..., "--pred", "-p", help="Predicted class map, or a folder of them (matched by stem).", readable=False),
+    gt: Path = typer.Option(..., "--gt", "-g", help="Ground-truth mask, or a folder of them.", readable=False),
     classes: Optional[str] = typer.Option(None, "--classes", "-c", help="Number of classes or names.txt (default 2)."),
     ignore_index: Optional[int] = typer.Option(None, "--ignore-index", help="GT value left out (255 always is, except 0/255 two-class masks, where it means class 1 unless named here)."),
     mean_exclude: Optional[str] = typer.Option(None, "--mean-exclude", help="Class ids left out of the means, e.g. 0 for DeepGlobe 'unknown'."),
@@ -110,7 +110,7 @@ def eval_segment(
 def eval_run(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Registry model (default: the checkpoint's)."),
     weights: str = typer.Option(..., "--weights", "-w", help="Checkpoint (e.g. RUN_DIR/best.safetensors)."),
-    data: Path = typer.Option(..., "--data", "-d", help="Dataset folder in any `uhr train` layout."),
+    data: Path = typer.Option(..., "--data", "-d", help="Dataset folder in any `uhr train` layout.", readable=False),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Keep the predictions in this folder (default: a temporary one)."),
     layout: str = typer.Option("auto", "--layout", help="auto, pairs, deepglobe, inria, saliency or flat."),
     ignore_index: Optional[int] = typer.Option(None, "--ignore-index", help="GT value left out."),
@@ -138,7 +138,7 @@ def eval_run(
         out = Path(output) if output is not None else Path(tmp)
         out.mkdir(parents=True, exist_ok=True)
         if len(spec.samples) == 1:  # one input: segment() writes a file, not into a folder
-            from ..evaluate.files import stem_of
+            from ..io.inputs import stem_of
 
             target = out / (stem_of(spec.samples[0].image) + ".tif")
             results = segment(str(spec.samples[0].image), target, model=model, weights=weights, device=device,

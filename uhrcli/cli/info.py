@@ -18,7 +18,7 @@ def _mb(n: int) -> str:
 
 @app.command("info")
 def info_cmd(
-    path: Path = typer.Argument(..., help="A raster file or zarr store."),
+    path: Path = typer.Argument(..., help="A raster file or zarr store.", readable=False),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model for the memory estimate."),
     tile: Optional[int] = typer.Option(None, "--tile", help="Tile size for the memory estimate (default: segment's)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),

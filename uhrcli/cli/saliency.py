@@ -43,7 +43,7 @@ def image_progress(enabled: bool) -> Iterator[Callable[[str, int, int], None]]:
 
 @app.command("saliency")
 def saliency_cmd(
-    inputs: List[Path] = typer.Argument(..., help="Image files and/or folders (JPEG, PNG 8/16-bit, TIFF, WebP)."),
+    inputs: List[Path] = typer.Argument(..., help="Image files and/or folders (JPEG, PNG 8/16-bit, TIFF, WebP).", readable=False),
     outdir: Path = typer.Option(..., "-o", "--outdir", help="Output folder; names mirror the input tree."),
     output: List[str] = typer.Option(["map"], "--output", help="map, mask, rgba, overlay (repeat or comma-separate)."),
     model: str = typer.Option("pgnet", "--model", "-m", help="Registry model."),
@@ -96,8 +96,8 @@ def saliency_cmd(
 
 @eval_app.command("saliency")
 def eval_saliency_cmd(
-    pred: Path = typer.Option(..., "--pred", help="Folder of predicted saliency maps (PNG/TIFF/JPEG, 8 or 16-bit)."),
-    gt: Path = typer.Option(..., "--gt", help="Folder of ground-truth masks; files are matched by relative path and stem."),
+    pred: Path = typer.Option(..., "--pred", help="Folder of predicted saliency maps (PNG/TIFF/JPEG, 8 or 16-bit).", readable=False),
+    gt: Path = typer.Option(..., "--gt", help="Folder of ground-truth masks; files are matched by relative path and stem.", readable=False),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON to this file."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No table (the JSON is still written)."),
 ) -> None:

@@ -15,7 +15,7 @@ from .progress import pixel_progress
 
 @app.command("segment")
 def segment_cmd(
-    inputs: List[Path] = typer.Argument(..., help="Raster file(s) or folder(s): GeoTIFF/TIFF/JP2/VRT, zarr, PNG/JPEG."),
+    inputs: List[Path] = typer.Argument(..., help="Raster file(s) or folder(s): GeoTIFF/TIFF/JP2/VRT, zarr, PNG/JPEG.", readable=False),
     output: Path = typer.Option(..., "-o", "--output", help="Output file, or a directory for several inputs."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help=f"Registry model (default {default_model_name()}, or the checkpoint's)."),
     weights: Optional[str] = typer.Option(None, "--weights", "-w", help="Checkpoint file, or 'random' for an untrained dry run."),

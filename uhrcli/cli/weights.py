@@ -6,7 +6,6 @@ from typing import Optional
 
 import typer
 
-from ..errors import OutputError
 from ..models.convert import convert_file, summarize
 from .common import app, console
 
@@ -16,7 +15,7 @@ app.add_typer(weights_app, name="weights")
 
 @weights_app.command("convert")
 def convert_cmd(
-    src: Path = typer.Argument(..., help="Official ISDNet checkpoint (.pth, mmseg key layout)."),
+    src: Path = typer.Argument(..., help="Official ISDNet checkpoint (.pth, mmseg key layout).", readable=False),
     dst: Path = typer.Argument(..., help="Output .safetensors with uhr metadata."),
     model: str = typer.Option("isdnet-r18", "--model", "-m", help="Registry model the checkpoint belongs to."),
     num_classes: Optional[int] = typer.Option(None, "--classes", help="Class count (default: read from the checkpoint)."),
@@ -25,17 +24,15 @@ def convert_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
 ) -> None:
     """Map an official ISDNet checkpoint's keys onto uhr's model; every unmapped key is reported."""
-    if dst.exists() and not overwrite:
-        raise OutputError(f"output exists: {dst} (pass --overwrite to replace it)")
     report = convert_file(src, dst, model_name=model, num_classes=num_classes, fold_conv_bias=fold_conv_bias,
-                          strict=not lenient)
+                          strict=not lenient, overwrite=overwrite)
     console.print(summarize(report), highlight=False)
     console.print(f"wrote {dst}")
 
 
 @weights_app.command("export")
 def export_cmd(
-    src: Path = typer.Argument(..., help="uhr checkpoint, e.g. RUN_DIR/last.safetensors."),
+    src: Path = typer.Argument(..., help="uhr checkpoint, e.g. RUN_DIR/last.safetensors.", readable=False),
     dst: Path = typer.Argument(..., help="Output .safetensors."),
     half: bool = typer.Option(True, "--half/--full", help="Store weights in fp16 (half the size; loaded back as fp32)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),

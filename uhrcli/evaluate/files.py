@@ -14,22 +14,15 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from rasterio.windows import Window
 
-from ..errors import InputError, MissingInputError, UsageError
-from ..io.readers import IMAGE_SUFFIXES, TIFF_SUFFIXES, open_reader
+from ..errors import InputError, UsageError
+from ..io.inputs import expand_inputs, stem_of
+from ..io.readers import open_reader
 from .labels import IGNORE, LabelDecoder, binary_255_is_foreground, mask_histogram
 from .metrics import SegMetrics, confusion_matrix, metrics_from_confusion
 
-RASTER_SUFFIXES = TIFF_SUFFIXES | IMAGE_SUFFIXES | {".jp2", ".vrt", ".img"}
 # name endings that differ between an image, its mask and its prediction (DeepGlobe, Inria samples, ...)
 STEM_TAGS = ("_sat", "_mask", "_label", "_labels", "_gt", "_img", "_image", "_pred", "_prediction", "_seg",
              "_segmentation", "_ann", "_class")
-
-
-def stem_of(path: Path) -> str:
-    name = path.name
-    if name.lower().endswith(".ome.tif"):
-        return name[: -len(".ome.tif")]
-    return path.stem
 
 
 def match_key(path: Path) -> str:
@@ -43,16 +36,8 @@ def match_key(path: Path) -> str:
 
 
 def list_rasters(path: Path) -> list[Path]:
-    path = Path(path)
-    if not path.exists():
-        raise MissingInputError(f"not found: {path}")
-    if path.is_file():
-        return [path]
-    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
-                   and (p.suffix.lower() in RASTER_SUFFIXES or p.name.lower().endswith(".ome.tif")))
-    if not files:
-        raise InputError(f"{path}: folder holds no raster files")
-    return files
+    """A file, or a folder's raster files (not its subfolders)."""
+    return [p for p, _ in expand_inputs([path], stores=False)]
 
 
 def match_by_stem(preds: Sequence[Path], gts: Sequence[Path]) -> tuple[list[tuple[Path, Path]], list[Path], list[Path]]:

@@ -12,7 +12,6 @@ import numpy as np
 from rasterio.windows import Window
 
 from .readers import RasterReader
-from .writers import commit, discard, temp_path
 
 MAX_SIDE = 2048
 
@@ -44,11 +43,5 @@ def write_preview(target: Path, reader: RasterReader, to_uint8: Callable[[np.nda
     rgb = overlay_rgb(np.concatenate(rows_img, 1), np.concatenate(rows_cls, 0), palette)
     from PIL import Image
 
-    tmp = temp_path(target)
-    try:
-        Image.fromarray(rgb).save(tmp, format="PNG")
-        commit(tmp, target)
-    except BaseException:
-        discard(tmp)
-        raise
+    Image.fromarray(rgb).save(target, format="PNG")  # the caller writes a temporary name and moves it
     return target

@@ -8,23 +8,72 @@ reproduce a single-tile run bit for bit.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import re
+import sys
 import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 from rasterio.windows import Window
 
-from ..errors import InputError, MissingInputError, UsageError
+from ..errors import InputError, MissingInputError, UsageError, first_line
 
 SUPPORTED_KINDS = "u", "i", "f", "b"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"}
 TIFF_SUFFIXES = {".tif", ".tiff", ".btf", ".tf8", ".ome.tif"}
 GDAL_ENV = {"GDAL_CACHEMAX": 64, "GDAL_NUM_THREADS": "ALL_CPUS", "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
+
+
+@contextlib.contextmanager
+def quiet_libtiff() -> Iterator[None]:
+    """libtiff (inside GDAL) prints its errors straight to the process's stderr, a line per failed block: a
+    full disk prints dozens. While GDAL writes, fd 2 goes to a file; afterwards what was printed is put
+    back, less libtiff's and GDAL's lines when the write failed (uhr then reports it in one line)."""
+    if os.environ.get("UHR_DEBUG") == "1":
+        yield
+        return
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    failed = False
+    with tempfile.TemporaryFile() as buf:
+        os.dup2(buf.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            buf.seek(0)
+            text = buf.read().decode(errors="replace")
+            if failed:
+                text = "".join(ln for ln in text.splitlines(keepends=True) if not _GDAL_LINE.match(ln))
+            if text:
+                sys.stderr.write(text)
+                sys.stderr.flush()
+
+
+_GDAL_LINE = re.compile(r"^(_?tiff?\w*|TIFF\w*|ERROR \d+|Warning \d+):", re.IGNORECASE)
+
+
+def gdal_env(**options: Any) -> Any:
+    """A rasterio.Env for uhr's GDAL work. GDAL's own messages go nowhere unless UHR_DEBUG=1 (`uhr --debug`):
+    failures reach the user as uhr's one-line errors, and a full disk would otherwise print dozens of lines."""
+    import rasterio
+
+    if os.environ.get("UHR_DEBUG") != "1":
+        options.setdefault("CPL_LOG", os.devnull)
+    return rasterio.Env(**options)
 
 
 def reflect_indices(start: int, stop: int, n: int) -> np.ndarray:
@@ -99,14 +148,20 @@ class RasterReader(ABC):
         return self._boundless(self._read_block, r0, r1, c0, c1)
 
     def read_mask(self, window: Window) -> np.ndarray | None:
-        """Validity (True = valid) for the window, mirrored like read(); None if all valid."""
-        if self.meta.mask_kind == "none":
+        """Validity (True = valid) for the window, mirrored like read(); None if all valid.
+
+        Real-valued rasters are masked where any band is NaN or infinite, as well as by their own mask.
+        """
+        if self.meta.mask_kind == "none" and np.dtype(self.dtype).kind != "f":
             return None
         r0, c0 = int(window.row_off), int(window.col_off)
         r1, c1 = r0 + int(window.height), c0 + int(window.width)
 
         def blk(a, b, c, d):
-            m = self._read_mask_block(a, b, c, d)
+            m = self._read_mask_block(a, b, c, d) if self.meta.mask_kind != "none" else None
+            if np.dtype(self.dtype).kind == "f":
+                finite = np.isfinite(self._read_block(a, b, c, d)).all(0)
+                m = finite if m is None else (m & finite)
             return np.ones((1, b - a, d - c), bool) if m is None else m[None]
 
         return self._boundless(blk, r0, r1, c0, c1)[0]
@@ -145,7 +200,7 @@ class RasterReader(ABC):
                 self._read_block(r, r + bh, c, c + bw)
             except Exception as exc:  # noqa: BLE001 - any decoder failure means a bad file
                 raise InputError(f"{self.path}: cannot decode pixel data, the file is corrupt or truncated "
-                                 f"({_first_line(exc)})") from None
+                                 f"({first_line(exc)})") from None
 
     def __enter__(self) -> "RasterReader":
         return self
@@ -154,13 +209,16 @@ class RasterReader(ABC):
         self.close()
 
 
-
-
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
+def palette_lut(cmap: dict[int, Sequence[int]], dtype: np.dtype) -> np.ndarray:
+    """(levels, 4) uint8 RGBA lookup table of an indexed image's colour map; unlisted indices are black."""
+    levels = 256 if np.dtype(dtype).itemsize == 1 else 65536
+    lut = np.zeros((levels, 4), np.uint8)
+    lut[:, 3] = 255
+    for k, v in cmap.items():
+        if 0 <= k < levels:
+            rgba = tuple(v) + (255,) * (4 - len(tuple(v)))
+            lut[k] = rgba[:4]
+    return lut
 
 
 def check_dtype(dtype: np.dtype, path: Path) -> np.dtype:
@@ -182,7 +240,7 @@ class RasterioReader(RasterReader):
         from rasterio.errors import RasterioIOError
 
         self.path = Path(path)
-        self._env = rasterio.Env(**GDAL_ENV)
+        self._env = gdal_env(**GDAL_ENV)
         self._env.__enter__()
         try:
             with warnings.catch_warnings():
@@ -190,21 +248,29 @@ class RasterioReader(RasterReader):
                 self._ds = rasterio.open(self.path)
         except RasterioIOError as exc:
             self._env.__exit__(None, None, None)
-            raise InputError(f"{self.path}: not a readable raster ({_first_line(exc)})") from None
+            raise InputError(f"{self.path}: not a readable raster ({first_line(exc)})") from None
         ds = self._ds
         self.height, self.width = ds.height, ds.width
         self.source_count = ds.count
         self.dtype = check_dtype(np.dtype(ds.dtypes[0]), self.path)
         ci = list(ds.colorinterp)
+        self._palette: np.ndarray | None = None
+        if ds.count == 1 and ci[0] == ColorInterp.palette:  # indexed colour: expanded through its colour map
+            cmap = ds.colormap(1)
+            self._palette = palette_lut({int(k): v for k, v in cmap.items()}, self.dtype)
+            self.source_count, self.dtype = 3, np.dtype(np.uint8)
+            ci = [ColorInterp.red, ColorInterp.green, ColorInterp.blue]
         alpha = [i + 1 for i, c in enumerate(ci) if c == ColorInterp.alpha]
         self._alpha_band = alpha[0] if alpha else None
         rgb = [ci.index(c) + 1 for c in (ColorInterp.red, ColorInterp.green, ColorInterp.blue) if c in ci]
-        if len(rgb) == 3 and ds.count > 3:
+        if len(rgb) == 3 and self.source_count > 3:
             self.bands = rgb
         else:
-            self.bands = [b for b in range(1, ds.count + 1) if b != self._alpha_band]
+            self.bands = [b for b in range(1, self.source_count + 1) if b != self._alpha_band]
         flags = ds.mask_flag_enums[0] if ds.count else []
-        if self._alpha_band is not None or MaskFlags.alpha in flags:
+        if self._palette is not None and (self._palette[:, 3] == 0).any():
+            kind = "alpha"  # transparent colour-map entries
+        elif self._alpha_band is not None or MaskFlags.alpha in flags:
             kind = "alpha"
         elif ds.nodata is not None:
             kind = "nodata"
@@ -223,10 +289,18 @@ class RasterioReader(RasterReader):
         )
 
     def _read_block(self, r0, r1, c0, c1):
-        return self._ds.read(self.bands, window=Window(c0, r0, c1 - c0, r1 - r0))
+        win = Window(c0, r0, c1 - c0, r1 - r0)
+        if self._palette is not None:
+            rgb = np.moveaxis(self._palette[self._ds.read(1, window=win)][..., :3], -1, 0)
+            return rgb[[b - 1 for b in self.bands]]
+        return self._ds.read(self.bands, window=win)
 
     def _read_mask_block(self, r0, r1, c0, c1):
         win = Window(c0, r0, c1 - c0, r1 - r0)
+        if self._palette is not None:
+            idx = self._ds.read(1, window=win)
+            valid = self._palette[idx][..., 3] > 0
+            return valid if self.meta.nodata is None else valid & (idx != self.meta.nodata)
         if self.meta.mask_kind == "nodata":
             # GDAL's dataset mask: invalid only where every band equals nodata
             data = self._ds.read(self.bands, window=win)
@@ -234,13 +308,6 @@ class RasterioReader(RasterReader):
             invalid = np.isnan(data).all(0) if (isinstance(nd, float) and math.isnan(nd)) else (data == nd).all(0)
             return ~invalid
         return self._ds.dataset_mask(window=win) > 0
-
-    def read_overview(self, factor: int) -> np.ndarray | None:
-        """The whole image at 1/factor from an internal overview, if one of that factor exists."""
-        if factor not in self.meta.overviews:
-            return None
-        h, w = -(-self.height // factor), -(-self.width // factor)
-        return self._ds.read(self.bands, out_shape=(len(self.bands), h, w))
 
     def close(self):
         self._ds.close()
@@ -264,7 +331,7 @@ class TiffReader(RasterReader):
             store = series.aszarr(level=0) if len(series.levels) > 1 else series.aszarr()
             z = zarr.open(store, mode="r")
         except Exception as exc:  # noqa: BLE001
-            raise InputError(f"{self.path}: cannot open TIFF pixel data ({_first_line(exc)})") from None
+            raise InputError(f"{self.path}: cannot open TIFF pixel data ({first_line(exc)})") from None
         if hasattr(z, "shape") is False:  # a group: take level 0
             z = z["0"]
         self._z = z
@@ -277,10 +344,22 @@ class TiffReader(RasterReader):
         self.source_count = z.shape[ch_axis] if ch_axis is not None else 1
         self.dtype = check_dtype(np.dtype(z.dtype), self.path)
         page = series.pages[0] if series.pages else tif.pages[0]
+        declared = int(np.prod(getattr(page, "chunked", (1,))))
+        held = len(getattr(page, "dataoffsets", ()) or ())
+        if held and held < declared:  # a header promising more tiles than the file indexes: never decode zeros
+            raise InputError(f"{self.path}: the header declares {self.height}x{self.width} pixels in {declared} "
+                             f"tiles or strips but the file indexes {held}: corrupt or truncated")
         extras = tuple(getattr(page, "extrasamples", ()) or ())
         self._alpha_band = None
         if extras and self.source_count >= 2 and extras[-1] in (1, 2):  # associated/unassociated alpha
             self._alpha_band = self.source_count
+        self._palette: np.ndarray | None = None
+        cm = getattr(page, "colormap", None)
+        if self.source_count == 1 and int(getattr(page, "photometric", 0) or 0) == 3 and cm is not None:
+            cm = np.asarray(cm)  # (3, levels), 16-bit in TIFF: colour = value >> 8
+            cm8 = (cm >> 8) if cm.max() > 255 else cm
+            self._palette = palette_lut({i: tuple(int(v) for v in cm8[:, i]) for i in range(cm8.shape[1])}, self.dtype)
+            self.source_count, self.dtype = 3, np.dtype(np.uint8)
         self.bands = [b for b in range(1, self.source_count + 1) if b != self._alpha_band]
         nodata = None
         tag = page.tags.get("GDAL_NODATA") if hasattr(page, "tags") else None
@@ -323,6 +402,8 @@ class TiffReader(RasterReader):
 
     def _read_block(self, r0, r1, c0, c1):
         data = self._all_bands(r0, r1, c0, c1)
+        if self._palette is not None:
+            data = np.moveaxis(self._palette[data[0]][..., :3], -1, 0)
         return data[[b - 1 for b in self.bands]]
 
     def _read_mask_block(self, r0, r1, c0, c1):
@@ -348,7 +429,7 @@ class ZarrReader(RasterReader):
         try:
             node = zarr.open(str(self.path), mode="r")
         except Exception as exc:  # noqa: BLE001
-            raise InputError(f"{self.path}: not a readable zarr store ({_first_line(exc)})") from None
+            raise InputError(f"{self.path}: not a readable zarr store ({first_line(exc)})") from None
         if not hasattr(node, "shape"):
             keys = sorted(k for k, v in node.arrays())
             pick = next((k for k in ("image", "data", "0", "classes") if k in keys), keys[0] if keys else None)
@@ -411,7 +492,7 @@ class ImageReader(RasterReader):
                 im.load()
                 arr = _pil_to_array(im)
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            raise InputError(f"{self.path}: not a readable image ({_first_line(exc)})") from None
+            raise InputError(f"{self.path}: not a readable image ({first_line(exc)})") from None
         except Image.DecompressionBombError:
             raise InputError(f"{self.path}: image too large to decode whole; convert it to a tiled TIFF") from None
         self._arr = arr  # (bands, h, w)
@@ -476,7 +557,11 @@ def open_reader(path: str | os.PathLike, bands: Sequence[int] | None = None, val
     """Open any supported raster; bad paths and files raise one-line UhrErrors."""
     p = Path(path)
     if not p.exists():
+        if p.is_symlink():
+            raise MissingInputError(f"{p}: a broken symbolic link (or a link loop)")
         raise MissingInputError(f"input not found: {p}")
+    if not os.access(p, os.R_OK):
+        raise InputError(f"{p}: permission denied (the file is not readable by this user)")
     is_zarr = p.is_dir() and (p.suffix == ".zarr" or (p / "zarr.json").exists() or (p / ".zarray").exists()
                               or (p / ".zgroup").exists())
     if p.is_dir() and not is_zarr:
@@ -496,6 +581,8 @@ def open_reader(path: str | os.PathLike, bands: Sequence[int] | None = None, val
             raise InputError(f"{p}: not a TIFF file (no TIFF header)")
         else:
             reader = RasterioReader(p)
+    if np.dtype(reader.dtype).kind == "f" and reader.meta.mask_kind == "none":
+        reader.meta.mask_kind = "finite"  # NaN and infinite pixels are nodata
     try:
         if reader.height <= 0 or reader.width <= 0 or reader.source_count <= 0:
             raise InputError(f"{p}: image has zero size ({reader.height}x{reader.width}x{reader.source_count})")
@@ -515,7 +602,7 @@ def _open_tiff(p: Path) -> RasterReader:
         tif = tifffile.TiffFile(p)
         _ = tif.series[0].shape
     except Exception as exc:  # noqa: BLE001 - tifffile raises many types for bad files
-        raise InputError(f"{p}: not a valid TIFF ({_first_line(exc)})") from None
+        raise InputError(f"{p}: not a valid TIFF ({first_line(exc)})") from None
     if tif.is_geotiff:
         tif.close()
         return RasterioReader(p)

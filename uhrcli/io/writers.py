@@ -6,17 +6,19 @@ half-written output where a finished one is expected.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from ..errors import OutputError, UsageError
+from ..errors import OutputError, UsageError, first_line
+from .readers import gdal_env, quiet_libtiff
 
 FORMATS = ("tif", "cog", "zarr", "png")
 NODATA = 255
@@ -76,14 +78,45 @@ def check_target(target: Path, overwrite: bool) -> None:
         raise OutputError(f"output folder is not writable: {parent}")
 
 
+def refuse_inputs_as_outputs(targets: Iterable[Path], inputs: Iterable[Path]) -> None:
+    """An output that is one of the inputs, however spelled (.., symbolic or hard links), is refused, even
+    with --overwrite: a run never replaces what it reads."""
+    ids: dict[tuple[int, int], Path] = {}
+    for p in inputs:
+        try:
+            st = os.stat(p)
+        except OSError:
+            continue
+        ids[(st.st_dev, st.st_ino)] = Path(p)
+    for t in targets:
+        try:
+            st = os.stat(t)
+        except OSError:
+            continue  # does not exist yet: cannot be an input
+        src = ids.get((st.st_dev, st.st_ino))
+        if src is not None:
+            raise OutputError(f"output {t} is the input {src}: refusing to replace an input (choose another output)")
+
+
 def commit(tmp: Path, target: Path) -> None:
-    """Move a finished temporary output into place (replacing an old one only now)."""
-    if target.exists() or target.is_symlink():
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        else:
-            target.unlink()
+    """Move a finished temporary output into place, replacing an old one only now (atomically for files)."""
+    if target.is_dir() and not target.is_symlink():
+        shutil.rmtree(target)
     os.replace(tmp, target)
+
+
+def write_failed(target: Path, exc: BaseException | str, hint: str = "rerun with --resume") -> OutputError:
+    """One line for a failed write: a full disk says how much is free and how to continue."""
+    folder = target.parent if str(target.parent) else Path(".")
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = -1
+    full = (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "No space left" in str(exc) or 0 <= free < 16 << 20
+    if full:
+        return OutputError(f"disk full writing {target}: free space in {folder} ({free >> 20} MB free now) and {hint}")
+    detail = exc if isinstance(exc, str) else first_line(exc)
+    return OutputError(f"writing {target} failed ({detail}); {hint}")
 
 
 def discard(path: Path) -> None:
@@ -101,18 +134,45 @@ def strips(height: int, step: int = STRIP) -> Iterator[tuple[int, int]]:
         yield r, min(r + step, height)
 
 
-def _gtiff_profile(spec: OutputSpec, count: int, nodata: int | None) -> dict[str, Any]:
-    big = spec.height * spec.width * count > 3_500_000_000
+def geotiff_profile(height: int, width: int, count: int, dtype: str = "uint8", crs: Any = None, transform: Any = None,
+                    nodata: int | None = None, compress: str = "deflate", block: int = 512) -> dict[str, Any]:
+    """Every GeoTIFF uhr writes: tiled (512), deflate with the horizontal predictor, BigTIFF when needed."""
+    big = height * width * count * np.dtype(dtype).itemsize > 3_500_000_000
     prof: dict[str, Any] = dict(
-        driver="GTiff", width=spec.width, height=spec.height, count=count, dtype="uint8",
-        tiled=True, blockxsize=512, blockysize=512, compress=spec.compress, predictor=2,
+        driver="GTiff", width=width, height=height, count=count, dtype=dtype,
+        tiled=True, blockxsize=block, blockysize=block, compress=compress, predictor=2,
         bigtiff="YES" if big else "IF_SAFER", nodata=nodata,
     )
-    if spec.crs is not None:
-        prof["crs"] = spec.crs
-    if spec.transform is not None:
-        prof["transform"] = spec.transform
+    if crs is not None:
+        prof["crs"] = crs
+    if transform is not None:
+        prof["transform"] = transform
     return prof
+
+
+class ReadBackError(OSError):
+    """A written file did not read back as written (a disk that filled while GDAL flushed, say)."""
+
+
+def verify_raster(path: Path, height: int, width: int, count: int, last: tuple[int, int, np.ndarray] | None) -> None:
+    """Read a written raster back (header and its last strip) before it is moved into place: GDAL logs
+    some write errors (a full disk while flushing) instead of raising them."""
+    import rasterio
+
+    try:
+        with warnings.catch_warnings(), gdal_env():
+            warnings.simplefilter("ignore")
+            ds = rasterio.open(path)
+        with ds:
+            if (ds.height, ds.width, ds.count) != (height, width, count):
+                raise ReadBackError(f"it read back as {ds.width}x{ds.height}x{ds.count}")
+            if last is not None:
+                r0, r1, block = last
+                got = ds.read(window=((r0, r1), (0, width)))
+                if not np.array_equal(got, block.reshape(got.shape)):
+                    raise ReadBackError("its last rows read back different")
+    except rasterio.errors.RasterioError as exc:
+        raise ReadBackError(f"it does not read back: {first_line(exc)}") from None
 
 
 def write_geotiff(tmp: Path, spec: OutputSpec, read_strip: Callable[[int, int], np.ndarray], count: int,
@@ -120,14 +180,17 @@ def write_geotiff(tmp: Path, spec: OutputSpec, read_strip: Callable[[int, int], 
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning
 
-    with warnings.catch_warnings():
+    last = None
+    with warnings.catch_warnings(), quiet_libtiff():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.Env(GDAL_CACHEMAX=64), rasterio.open(tmp, "w", **_gtiff_profile(spec, count, nodata)) as dst:
+        prof = geotiff_profile(spec.height, spec.width, count, "uint8", spec.crs, spec.transform, nodata, spec.compress)
+        with gdal_env(GDAL_CACHEMAX=64), rasterio.open(tmp, "w", **prof) as dst:
             for r0, r1 in strips(spec.height):
                 block = read_strip(r0, r1)
                 if block.ndim == 2:
                     block = block[None]
                 dst.write(block, window=((r0, r1), (0, spec.width)))
+                last = (r0, r1, block)
             if colormap:
                 cmap = {i: tuple(c) + (255,) for i, c in enumerate(spec.palette)}
                 cmap[spec.nodata] = (0, 0, 0, 0)
@@ -137,6 +200,7 @@ def write_geotiff(tmp: Path, spec: OutputSpec, read_strip: Callable[[int, int], 
             tags = {"class_names": json.dumps(list(spec.class_names)), **spec.tags}
             tags.update({f"class_{i}": n for i, n in enumerate(spec.class_names)})
             dst.update_tags(**tags)
+        verify_raster(tmp, spec.height, spec.width, count, last)
 
 
 def to_cog(src: Path, tmp: Path, resampling: str) -> None:
@@ -144,9 +208,14 @@ def to_cog(src: Path, tmp: Path, resampling: str) -> None:
     import rasterio
     from rasterio.shutil import copy as rio_copy
 
-    with rasterio.Env(GDAL_CACHEMAX=64, GDAL_NUM_THREADS="ALL_CPUS"):
+    with quiet_libtiff(), gdal_env(GDAL_CACHEMAX=64, GDAL_NUM_THREADS="ALL_CPUS"):
         rio_copy(src, tmp, driver="COG", COMPRESS="DEFLATE", PREDICTOR="YES", BLOCKSIZE=512,
                  OVERVIEW_RESAMPLING=resampling, BIGTIFF="IF_SAFER")
+        with rasterio.open(src) as s:
+            r0 = max(0, s.height - STRIP)
+            last = (r0, s.height, s.read(window=((r0, s.height), (0, s.width))))
+            shape = (s.height, s.width, s.count)
+        verify_raster(tmp, *shape, last)
 
 
 def write_png(tmp: Path, spec: OutputSpec, image: np.ndarray, palette: bool) -> None:
@@ -193,7 +262,14 @@ def write_zarr(tmp: Path, spec: OutputSpec, classes: Callable[[int, int], np.nda
         parr = root.create_array("probs", shape=(num_classes, spec.height, spec.width), chunks=(1,) + chunks,
                                  dtype="uint8", fill_value=0, dimension_names=["class", "y", "x"])
         parr.attrs.update({"scale": 1 / 255, "class_names": list(spec.class_names)})
+    last = None
     for r0, r1 in strips(spec.height):
-        arr[r0:r1] = classes(r0, r1)
+        block = classes(r0, r1)
+        arr[r0:r1] = block
+        last = (r0, r1, block)
         if parr is not None:
             parr[:, r0:r1] = probs(r0, r1)
+    # read the last strip back from a fresh handle: a store on a full disk can lose chunks silently
+    back = zarr.open_group(str(tmp), mode="r")["classes"]
+    if last is not None and not np.array_equal(np.asarray(back[last[0]:last[1]]), last[2]):
+        raise ReadBackError("the class map's last rows read back different")

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..errors import CheckpointError, MissingInputError, OutputError
+from ..errors import CheckpointError, MissingInputError, OutputError, first_line
 from .base import ModelInfo
 from .registry import create_model
 
@@ -63,7 +63,10 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, half: b
                       overwrite: bool = False) -> Path:
     """Re-save a uhr checkpoint for shipping: fp16 halves the file, and a model built from it
     loads the values back into fp32 parameters, so inference stays fp32 where the device wants it."""
+    from ..io.writers import refuse_inputs_as_outputs
+
     dst = Path(dst)
+    refuse_inputs_as_outputs([dst], [Path(src)])
     if dst.exists() and not overwrite:
         raise OutputError(f"output exists: {dst} (pass --overwrite to replace it)")
     state, meta = load_checkpoint(src)
@@ -141,9 +144,9 @@ def _load_torch(path: Path) -> dict[str, torch.Tensor]:
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"{path}: refused: the file holds pickled objects other than tensors (weights_only load failed: "
-            f"{str(exc).splitlines()[0][:160]})") from None
+            f"{first_line(exc, 160)})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
-        raise CheckpointError(f"{path}: corrupt or truncated torch checkpoint ({str(exc).splitlines()[0][:160]})") from None
+        raise CheckpointError(f"{path}: corrupt or truncated torch checkpoint ({first_line(exc, 160)})") from None
     return _extract_state_dict(obj, path)
 
 
@@ -162,7 +165,7 @@ def _load_torch_folder(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     try:
         obj = torch.load(buf, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - report any failure of the safe loader as one line
-        raise CheckpointError(f"{path}: cannot load unzipped checkpoint folder ({str(exc).splitlines()[0][:160]})") from None
+        raise CheckpointError(f"{path}: cannot load unzipped checkpoint folder ({first_line(exc, 160)})") from None
     return _extract_state_dict(obj, path), {}
 
 

@@ -26,7 +26,7 @@ from typing import Any, Mapping
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, OutputError
 
 KEEP_PREFIXES = ("backbone.", "decode_head.", "auxiliary_head.")
 REFINE = "refine_head."
@@ -153,8 +153,8 @@ def summarize(report: Mapping[str, Any]) -> str:
 
 
 def convert_file(src: str | os.PathLike, dst: str | os.PathLike, model_name: str = "isdnet-r18",
-                 num_classes: int | None = None, fold_conv_bias: bool = False, strict: bool = True
-                 ) -> dict[str, Any]:
+                 num_classes: int | None = None, fold_conv_bias: bool = False, strict: bool = True,
+                 overwrite: bool = False) -> dict[str, Any]:
     """Convert an official .pth into a uhr safetensors checkpoint; returns the report.
 
     The class count is read from refine_head.conv_seg.conv_out.weight unless
@@ -162,8 +162,13 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, model_name: str
     of the wrong shape; strict=False keeps the model's initial values for
     missing keys (listed in the report) and still refuses shape mismatches.
     """
+    from ..io.writers import refuse_inputs_as_outputs
     from .checkpoint import load_checkpoint, save_checkpoint
     from .registry import create_model
+
+    refuse_inputs_as_outputs([Path(dst)], [Path(src)])
+    if Path(dst).exists() and not overwrite:
+        raise OutputError(f"output exists: {dst} (pass --overwrite to replace it)")
 
     state, _ = load_checkpoint(src)
     src_state = _unwrap(state)

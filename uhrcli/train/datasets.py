@@ -18,7 +18,8 @@ import torch
 from rasterio.windows import Window
 
 from ..errors import InputError, MissingInputError, UsageError
-from ..evaluate.files import RASTER_SUFFIXES, match_key, stem_of
+from ..evaluate.files import match_key
+from ..io.inputs import RASTER_SUFFIXES, stem_of
 from ..evaluate.labels import (DEEPGLOBE_CLASSES, IGNORE, LabelDecoder, binary_255_is_foreground,
                                mask_histogram)
 from ..io.readers import open_reader

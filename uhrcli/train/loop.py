@@ -22,7 +22,7 @@ import torch.nn as nn
 from rasterio.windows import Window
 
 from ..device import autocast, resolve_device
-from ..errors import CheckpointError, InputError, MissingInputError, OutputError, UhrError, UsageError
+from ..errors import CheckpointError, InputError, MissingInputError, OutputError, UhrError, UsageError, first_line
 from ..evaluate.labels import DEEPGLOBE_COLOURS, IGNORE
 from ..evaluate.metrics import confusion_matrix, metrics_from_confusion
 from ..io.readers import open_reader
@@ -247,7 +247,7 @@ def train(cfg: TrainConfig, on_event: Event | None = None) -> TrainResult:
         try:
             state = torch.load(run / STATE, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any failure of the safe loader: a damaged state file
-            raise CheckpointError(f"{run / STATE}: cannot read the training state ({str(exc).splitlines()[0][:160]})") from None
+            raise CheckpointError(f"{run / STATE}: cannot read the training state ({first_line(exc, 160)})") from None
         sd, meta = load_checkpoint(run / LAST)
         if state.get("model") != cfg.model:
             raise CheckpointError(f"{run} holds a {state.get('model')} run, not {cfg.model}")
