@@ -59,7 +59,7 @@ def main() -> None:
     ap.add_argument("--cache", default=None, help="folder for the synthetic raster (default ~/.cache/uhr/bench)")
     a = ap.parse_args()
     from uhrcli.bench.synth import cached_raster
-    from uhrcli.featcache import parse_size
+    from uhrcli.units import parse_size
 
     src, cached = cached_raster(a.side, a.cache)
     print(json.dumps({"raster": str(src), "side": a.side, "was_cached": cached}), flush=True)

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
-from uhrcli.errors import OutputError, UsageError
+from uhrcli.errors import UsageError
 from uhrcli.io.readers import open_reader
 from uhrcli.models import build_model, save_checkpoint
 from uhrcli.segment import segment

@@ -68,7 +68,7 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 def test_resume_continues_step_schedule_and_optimizer(inria_dir: Path, tmp_path: Path) -> None:
     kw = dict(crop=64, batch_size=2, steps=20, checkpoint_every=5)
-    full = train(_cfg(inria_dir, tmp_path / "full", **kw))
+    train(_cfg(inria_dir, tmp_path / "full", **kw))
     first = train(_cfg(inria_dir, tmp_path / "split", stop_after=10, **kw))
     assert first.step == 10 and first.stopped_early
     state = torch.load(tmp_path / "split" / "last_state.pt", map_location="cpu", weights_only=True)

@@ -80,7 +80,7 @@ class TileData:
     """One tile as the reader hands it over: pixels (when the predictor needs them) and validity."""
 
     tile: Tile
-    x: np.ndarray | None  # normalised (C, h, w) float32, or None
+    x: np.ndarray | None  # raw pixels (C, h, w) as read (normalised on the device by the inferer), or None
     valid: np.ndarray | None  # (h, w) over the read window, or None when every pixel is valid
     nodata: bool = False  # the core holds no valid pixel: nothing to run
 
@@ -96,7 +96,7 @@ def _read_tile(reader: RasterReader, t: Tile, preprocess: Preprocess, want_pixel
         sr, sc = t.core_in_tile
         if not valid[sr, sc].any():
             return TileData(t, None, valid, nodata=True)
-    x = preprocess(reader.read(t.read)) if want_pixels else None
+    x = reader.read(t.read) if want_pixels else None
     return TileData(t, x, valid)
 
 
@@ -126,7 +126,7 @@ def _reader_thread(reader: RasterReader, tiles: list[Tile], preprocess: Preproce
 
 
 def prefetch_tiles(reader: RasterReader, tiles: list[Tile], preprocess: Preprocess, depth: int = 2) -> Iterator[tuple[Tile, np.ndarray | None, np.ndarray | None]]:
-    """(tile, normalised input or None if all nodata, validity) in order, read ahead on a thread."""
+    """(tile, raw pixels or None if all nodata, validity) in order, read ahead on a thread."""
     q: queue.Queue = queue.Queue(maxsize=max(1, depth))
     stop = threading.Event()
     th = threading.Thread(target=_reader_thread, args=(reader, tiles, preprocess, q, stop, EngineStats(),

@@ -46,3 +46,21 @@ class Interrupted(UhrError):
     """Ctrl-C: what was done is kept; the message says how to continue."""
 
     exit_code = 130
+
+
+class MissingDependencyError(UhrError):
+    """An optional package a command needs is not installed (EX_UNAVAILABLE); the message names the extra."""
+
+    exit_code = 69
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display), or a one-line error naming the `plot` extra."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise MissingDependencyError("plots need matplotlib: pip install 'uhrcli[plot]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

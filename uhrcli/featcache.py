@@ -8,7 +8,6 @@ disk is not an error: the disk tier closes and later tiles are recomputed.
 """
 from __future__ import annotations
 
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -18,30 +17,13 @@ from typing import Any, Hashable
 import numpy as np
 import torch
 
-from .errors import UsageError
-
-_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-
-
-def parse_size(text: str | int | None, what: str = "size") -> int | None:
-    """'512M', '2G', '1.5g', '0' or a byte count -> bytes; None or 'auto' -> None (the default)."""
-    if text is None or isinstance(text, int):
-        return text
-    t = str(text).strip().lower()
-    if t in ("", "auto"):
-        return None
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?", t)
-    if not m:
-        raise UsageError(f"{what} must be a size like 512M, 2G or 0, got {text!r}")
-    return int(float(m.group(1)) * _UNITS[m.group(2)])
-
 
 @dataclass
 class CacheBudget:
     """Byte budgets of the three tiers, and the folder of the disk tier (None: the system's temp folder)."""
 
     device: int = 0
-    ram: int = 1 << 30
+    ram: int = 256 << 20
     disk: int = 64 << 30
     dir: Path | None = None
 
@@ -115,15 +97,16 @@ class FeatureStore:
 
 
 class TileCache:
-    """Named tensors per tile key, stored as `dtype` in the first tier with room.
+    """Named tensors per tile key, each stored as `dtype` in the first tier with room.
 
     Values are rounded to `dtype` whether they are kept or not (`quantise`), so a tile computed again
-    after a cache miss (or a resumed run) gives the same bytes as one read back from the cache.
+    after a cache miss (or a resumed run) gives the same bytes as one read back from the cache. Names are
+    added and dropped one by one: a later pass adds its map without rewriting what is already kept.
     """
 
     def __init__(self, tiers: Tiers, dtype: torch.dtype = torch.float16):
         self.tiers, self.dtype = tiers, dtype
-        self._where: dict[Hashable, tuple[str, dict[str, Any], int]] = {}
+        self._where: dict[Hashable, dict[str, tuple[str, Any, int]]] = {}
         self.counts = {"device": 0, "ram": 0, "disk": 0, "none": 0}
 
     def quantise(self, t: torch.Tensor) -> torch.Tensor:
@@ -135,61 +118,81 @@ class TileCache:
     def __len__(self) -> int:
         return len(self._where)
 
-    def put(self, key: Hashable, tensors: dict[str, torch.Tensor]) -> str:
-        """Keep `tensors` (already quantised) under key; returns the tier used, 'none' when none had room."""
-        nbytes = sum(t.numel() for t in tensors.values()) * torch.finfo(self.dtype).bits // 8
-        self.pop(key)
-        tier = next((t for t in ("device", "ram", "disk") if self.tiers.take(t, nbytes)), "none")
-        if tier == "device":
-            stored: dict[str, Any] = {k: v.to(self.tiers.device, self.dtype) for k, v in tensors.items()}
-        elif tier == "ram":
-            stored = {k: v.detach().to("cpu", self.dtype) for k, v in tensors.items()}
-        elif tier == "disk":
-            stored = self._save(key, tensors, nbytes)
-            if not stored:
-                tier = "none"
-        if tier == "none":
-            self.counts["none"] += 1
-            return tier
-        self._where[key] = (tier, stored, nbytes)
-        self.counts[tier] += 1
-        return tier
+    def put(self, key: Hashable, tensors: dict[str, torch.Tensor]) -> bool:
+        """Keep every tensor of `tensors` (already quantised) under key, all or none: False when they do not
+        all fit, and then the key holds nothing (its tile will be computed again)."""
+        entry = self._where.setdefault(key, {})
+        for name, t in tensors.items():
+            self._drop_one(entry, name)
+            placed = self._place(key, name, t)
+            if placed is None:
+                self.pop(key)
+                self.counts["none"] += 1
+                return False
+            entry[name] = placed
+            self.counts[placed[0]] += 1
+        return True
 
-    def _save(self, key: Hashable, tensors: dict[str, torch.Tensor], nbytes: int) -> dict[str, Any]:
+    def _place(self, key: Hashable, name: str, t: torch.Tensor) -> tuple[str, Any, int] | None:
+        nbytes = t.numel() * torch.finfo(self.dtype).bits // 8
+        for tier in ("device", "ram", "disk"):
+            if not self.tiers.take(tier, nbytes):
+                continue
+            if tier == "device":
+                return tier, t.to(self.tiers.device, self.dtype), nbytes
+            if tier == "ram":
+                return tier, t.detach().to("cpu", self.dtype), nbytes
+            path = self._save(key, name, t)
+            if path is not None:
+                return tier, path, nbytes
+            self.tiers.give(tier, nbytes)
+        return None
+
+    def _save(self, key: Hashable, name: str, t: torch.Tensor) -> Path | None:
         np_dtype = {torch.float16: np.float16, torch.float32: np.float32}[self.dtype]
         stem = "_".join(str(k) for k in (key if isinstance(key, tuple) else (key,)))
-        paths = {name: self.tiers.folder() / f"{stem}_{name}.npy" for name in tensors}
+        path = self.tiers.folder() / f"{stem}_{name}.npy"
         try:
-            for name, t in tensors.items():
-                np.save(paths[name], t.detach().to("cpu", self.dtype).numpy().astype(np_dtype, copy=False))
+            np.save(path, t.detach().to("cpu", self.dtype).numpy().astype(np_dtype, copy=False))
         except OSError:  # a full disk: close the tier, this tile will be computed again
-            for p in paths.values():
-                p.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
             self.tiers.left["disk"] = 0
-            return {}
-        return dict(paths)
+            return None
+        return path
 
     def get(self, key: Hashable) -> dict[str, torch.Tensor]:
         """The tile's tensors as float32 on the compute device."""
-        tier, stored, _ = self._where[key]
         dev = self.tiers.device
-        if tier == "disk":
-            return {k: torch.from_numpy(np.load(p)).to(dev, torch.float32) for k, p in stored.items()}
-        return {k: v.to(dev, torch.float32) for k, v in stored.items()}
+        out = {}
+        for name, (tier, stored, _) in self._where[key].items():
+            t = torch.from_numpy(np.load(stored)) if tier == "disk" else stored
+            out[name] = t.to(dev, torch.float32)
+        return out
 
-    def pop(self, key: Hashable) -> None:
-        item = self._where.pop(key, None)
+    def drop(self, key: Hashable, *names: str) -> None:
+        """Forget some of a tile's tensors (a pass that no longer needs them)."""
+        entry = self._where.get(key)
+        if entry is not None:
+            for name in names:
+                self._drop_one(entry, name)
+
+    def _drop_one(self, entry: dict[str, tuple[str, Any, int]], name: str) -> None:
+        item = entry.pop(name, None)
         if item is None:
             return
         tier, stored, nbytes = item
         if tier == "disk":
-            for p in stored.values():
-                Path(p).unlink(missing_ok=True)
+            Path(stored).unlink(missing_ok=True)
         self.tiers.give(tier, nbytes)
+
+    def pop(self, key: Hashable) -> None:
+        entry = self._where.pop(key, None)
+        for name in list(entry or {}):
+            self._drop_one(entry, name)
 
     def close(self) -> None:
         for key in list(self._where):
             self.pop(key)
 
 
-__all__ = ["CacheBudget", "Tiers", "FeatureStore", "TileCache", "parse_size"]
+__all__ = ["CacheBudget", "Tiers", "FeatureStore", "TileCache"]

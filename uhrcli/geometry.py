@@ -87,15 +87,13 @@ def axis_weights(in_size: int, out_size: int, start: int = 0, stop: int | None =
     return AxisWeights(i0, i1, w1)
 
 
-def _lerp(x: torch.Tensor, dim: int, aw: AxisWeights, offset: int) -> torch.Tensor:
-    n = x.shape[dim]
+def _lerp_rows(x: torch.Tensor, aw: AxisWeights, offset: int) -> torch.Tensor:
+    """Interpolate along dim -2 of a contiguous tensor: whole rows are gathered, which is fast."""
+    n = x.shape[-2]
     i0 = torch.from_numpy(np.clip(aw.i0 - offset, 0, n - 1)).to(x.device)
     i1 = torch.from_numpy(np.clip(aw.i1 - offset, 0, n - 1)).to(x.device)
-    shape = [1] * x.ndim
-    shape[dim] = -1
-    w1 = torch.from_numpy(aw.w1).to(x.device, x.dtype).view(shape)
-    a = x.index_select(dim, i0)
-    return torch.lerp(a, x.index_select(dim, i1), w1)
+    w1 = torch.from_numpy(aw.w1).to(x.device, x.dtype).view(-1, 1)
+    return torch.lerp(x.index_select(-2, i0), x.index_select(-2, i1), w1)
 
 
 def resize_window(x: torch.Tensor, src_origin: tuple[int, int], src_size: tuple[int, int],
@@ -120,9 +118,11 @@ def resize_window(x: torch.Tensor, src_origin: tuple[int, int], src_size: tuple[
         raise ValueError(f"resize needs source cells rows [{rows.lo}, {rows.hi}) cols [{cols.lo}, {cols.hi}) "
                          f"but the window holds rows [{src_origin[0]}, {src_origin[0] + x.shape[-2]}) "
                          f"cols [{src_origin[1]}, {src_origin[1] + x.shape[-1]})")
-    x = x[..., a:b, c:d]
-    y = _lerp(x, x.ndim - 2, rows, src_origin[0] + a)
-    return _lerp(y, y.ndim - 1, cols, src_origin[1] + c)
+    x = x[..., a:b, c:d].contiguous()
+    y = _lerp_rows(x, rows, src_origin[0] + a)
+    # columns as rows of the transposed map: gathering along the last axis is several times slower
+    y = _lerp_rows(y.transpose(-1, -2).contiguous(), cols, src_origin[1] + c)
+    return y.transpose(-1, -2).contiguous()
 
 
 def source_span(src_size: int, dst_size: int, start: int, stop: int) -> tuple[int, int]:

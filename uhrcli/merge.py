@@ -28,8 +28,15 @@ def encode(probs: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
     """Class map from probabilities (K,h,w) (K == 1: binary foreground), or from a uint8 class map (1,h,w)."""
     if probs.dtype == np.uint8:
         cls = probs[0].copy()
-    else:
-        cls = (probs[0] >= 0.5).astype(np.uint8) if probs.shape[0] == 1 else probs.argmax(0).astype(np.uint8)
+    elif probs.shape[0] == 1:
+        cls = (probs[0] >= 0.5).astype(np.uint8)
+    else:  # argmax over the classes (first on ties) as a running maximum: faster than argmax(0)
+        cls = np.zeros(probs.shape[1:], np.uint8)
+        best = probs[0].copy()
+        for k in range(1, probs.shape[0]):
+            better = probs[k] > best
+            cls[better] = k
+            np.maximum(best, probs[k], out=best)
     if valid is not None:
         cls[~valid] = NODATA
     return cls

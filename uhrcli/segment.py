@@ -30,7 +30,7 @@ from .models.fuse import fold_batchnorm
 from .scratch import OutputLock, Scratch, file_identity, scratch_path, weights_digest
 from .tiling import BORDERS
 
-DEFAULT_CACHE_RAM = 1 << 30
+DEFAULT_CACHE_RAM = 256 << 20
 
 
 def default_model_name() -> str:

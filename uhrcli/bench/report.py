@@ -10,6 +10,7 @@ from typing import Any
 
 from rich.table import Table
 
+from ..errors import pyplot
 from .runner import BenchReport
 
 MODEL_COLUMNS = ["model", "size", "status", "fps", "latency_ms_median", "latency_ms_p90", "mp_per_s", "peak_mem_mb",
@@ -46,10 +47,7 @@ def write_csv(report: BenchReport, path: str | os.PathLike) -> Path:
 
 def write_plot(report: BenchReport, path: str | os.PathLike) -> Path:
     """Two panels, one line per model: latency vs size and memory vs size (rows that failed are left out)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     path = Path(path)
     pipeline = report.mode == "pipeline"
@@ -144,7 +142,7 @@ def summary_lines(report: BenchReport) -> list[str]:
              + (", channels-last" if s.get("channels_last") and report.mode == "model" else "")
              + (", BN folded" if s.get("fold_bn") and report.mode == "model" else "")
              + (", torch.compile" if s.get("compile") else "")
-             + (f", warmup {s.get('warmup')}, iters {s.get('iters')}" if report.mode == "model" else f", tile {s.get('tile')}")]
+             + (f", warmup {s.get('warmup')}, iters {s.get('iters')}" if report.mode == "model" else f", tile {s.get('tile') or 'default'}")]
     if report.roof_gflops:
         lines.append(f"compute roof: {report.roof_gflops:,.1f} GFLOP/s ({s.get('dtype')} matmul); "
                      "Eff % = achieved GFLOP/s / roof")

@@ -43,7 +43,7 @@ class BenchConfig:
     warmup: int | None = None
     iters: int | None = None
     pipeline: bool = False
-    tile: int = 1024  # pipeline mode: the engine's tile size
+    tile: int | None = None  # pipeline mode: the engine's tile size (None: segment's default per model and device)
     seed: int = 0
     roof: bool = True  # measure the matmul roof (a second or two)
     roof_n: int = 2048

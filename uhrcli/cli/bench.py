@@ -28,7 +28,7 @@ def bench_cmd(
     iters: Optional[int] = typer.Option(None, "--iters", help="Timed passes per case (default 5 on CPU, 50 on GPU)."),
     pipeline: bool = typer.Option(False, "--pipeline",
                                   help="Time the whole `uhr segment` path on cached synthetic GeoTIFFs instead."),
-    tile: int = typer.Option(1024, "--tile", help="--pipeline: the engine's tile size."),
+    tile: Optional[int] = typer.Option(None, "--tile", help="--pipeline: the engine's tile size (default: segment's)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the records and machine facts as JSON."),
     csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write one CSV row per model and size."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="PNG: latency and memory against size, per model."),

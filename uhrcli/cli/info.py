@@ -8,7 +8,6 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from ..inspect import describe
 from .common import app, console
 
 
@@ -24,6 +23,8 @@ def info_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Size, bands, dtype, tiling, compression, georeferencing, overviews and the memory `uhr segment` needs."""
+    from ..inspect import describe
+
     d = describe(path, model=model, tile=tile)
     if as_json:
         console.print_json(json.dumps(d, default=str))

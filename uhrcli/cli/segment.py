@@ -7,8 +7,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from ..featcache import parse_size
-from ..segment import SegmentOptions, default_model_name, segment
+from ..units import parse_size
 from .common import app, console, console_err, parse_int_list
 from .progress import pixel_progress
 
@@ -17,7 +16,7 @@ from .progress import pixel_progress
 def segment_cmd(
     inputs: List[Path] = typer.Argument(..., help="Raster file(s) or folder(s): GeoTIFF/TIFF/JP2/VRT, zarr, PNG/JPEG.", readable=False),
     output: Path = typer.Option(..., "-o", "--output", help="Output file, or a directory for several inputs."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help=f"Registry model (default {default_model_name()}, or the checkpoint's)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Registry model (default: the checkpoint's, or isdnet-r18 with --weights random)."),
     weights: Optional[str] = typer.Option(None, "--weights", "-w", help="Checkpoint file, or 'random' for an untrained dry run."),
     tile: Optional[int] = typer.Option(None, "--tile", help="Tile size in pixels (default by model and device: 1024, "
                                        "2048 for ISDNet on CPU, larger on CUDA)."),
@@ -44,6 +43,7 @@ def segment_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
 ) -> None:
     """Segment rasters of any size into georeferenced class maps, tile by tile in bounded memory."""
+    from ..segment import SegmentOptions, segment
     if weights == "random" and not quiet:
         console_err.print("[yellow]warning:[/yellow] --weights random: an untrained, seeded model; "
                           "the map is meaningless (use it for dry runs and speed tests)", highlight=False)

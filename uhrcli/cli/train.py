@@ -20,7 +20,9 @@ def train_cmd(
     val: Optional[Path] = typer.Option(None, "--val", help="Validation folder (same layouts); mIoU/MAE each epoch picks best.safetensors."),
     layout: Optional[str] = typer.Option(None, "--layout", help="auto, pairs, deepglobe, inria, saliency or flat."),
     task: Optional[str] = typer.Option(None, "--task", help="segment or saliency (default from the data and model)."),
-    crop: Optional[int] = typer.Option(None, "--crop", help="Random crop size (default 512)."),
+    crop: Optional[str] = typer.Option(None, "--crop", help="Random crop side (default 512), or a range such as "
+                                       "224-288: each batch draws its side, so the network meets every alignment of "
+                                       "its scales' grids (whole images are rarely a multiple of its stride)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Crops per step (default 4)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs (one epoch = as many crop pixels as the data holds; default 10)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Total optimizer steps (instead of --epochs)."),
@@ -58,8 +60,9 @@ def train_cmd(
         for k in ("resume", "overwrite", "stop_after"):
             saved.pop(k, None)
         values.update(saved)
+    crop_min, crop_max = _crop_range(crop)
     flags = dict(data=data, model=model, classes=classes, output=output, val=val, layout=layout, task=task,
-                 crop=crop, batch_size=batch_size, epochs=epochs, steps=steps, lr=lr, min_lr=min_lr,
+                 crop=crop_min, crop_max=crop_max, batch_size=batch_size, epochs=epochs, steps=steps, lr=lr, min_lr=min_lr,
                  warmup_steps=warmup_steps, optimizer=optimizer, weight_decay=weight_decay, device=device, amp=amp,
                  backbone_weights=backbone_weights, checkpoint_every=checkpoint_every, log_every=log_every,
                  workers=workers, seed=seed, ignore_index=ignore_index, stretch=stretch, stop_after=stop_after)
@@ -93,6 +96,8 @@ def train_cmd(
         elif kind == "step" and "task" in state:
             state["info"] = f"loss {d['loss']:.4f}  lr {d['lr']:.2e}  {d['images_per_s']:.1f} img/s"
             progress.update(state["task"], completed=d["step"], info=state["info"] + state.get("val", ""))
+        elif kind == "note":
+            progress.console.print(f"[yellow]note:[/yellow] {d['text']}", highlight=False)
         elif kind == "epoch" and "task" in state:
             name = d["metric_name"]
             state["val"] = f"  {name} {d[name]:.4f}"
@@ -114,3 +119,20 @@ def train_cmd(
                   + f"  log: {result.run_dir / 'metrics.csv'}", highlight=False)
     if result.stopped_early:
         console.print(f"continue with: uhr train -o {result.run_dir} --resume", highlight=False)
+
+
+def _crop_range(text: Optional[str]) -> tuple[Optional[int], Optional[int]]:
+    """'512' -> (512, None); '224-288' -> (224, 288)."""
+    if text is None:
+        return None, None
+    from ..errors import UsageError
+
+    try:
+        parts = [int(v) for v in str(text).replace(" ", "").split("-")]
+    except ValueError:
+        raise UsageError(f"--crop must be a size or a range like 224-288, got {text!r}") from None
+    if len(parts) == 1:
+        return parts[0], None
+    if len(parts) != 2:
+        raise UsageError(f"--crop must be a size or a range like 224-288, got {text!r}")
+    return parts[0], parts[1]

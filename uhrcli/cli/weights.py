@@ -6,7 +6,6 @@ from typing import Optional
 
 import typer
 
-from ..models.convert import convert_file, summarize
 from .common import app, console
 
 weights_app = typer.Typer(help="Checkpoint utilities.", no_args_is_help=True)
@@ -24,6 +23,8 @@ def convert_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
 ) -> None:
     """Map an official ISDNet checkpoint's keys onto uhr's model; every unmapped key is reported."""
+    from ..models.convert import convert_file, summarize
+
     report = convert_file(src, dst, model_name=model, num_classes=num_classes, fold_conv_bias=fold_conv_bias,
                           strict=not lenient, overwrite=overwrite)
     console.print(summarize(report), highlight=False)

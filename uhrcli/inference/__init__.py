@@ -62,12 +62,26 @@ def logits_to_probs(logits: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
 
 
+def class_map(logits: torch.Tensor) -> torch.Tensor:
+    """(B, K, h, w) -> (B, 1, h, w) uint8: the best class (the first on ties; K = 1: logit >= 0).
+
+    A running maximum over the channels: torch's argmax over a short class axis is 10-30x slower on CPU
+    (0.7 s for a 2-class 2016^2 tile)."""
+    if logits.shape[1] == 1:
+        return (logits >= 0).to(torch.uint8)
+    best = logits[:, 0].clone()
+    idx = torch.zeros(best.shape, dtype=torch.uint8, device=logits.device)
+    for k in range(1, logits.shape[1]):
+        idx.masked_fill_(logits[:, k] > best, k)
+        torch.maximum(best, logits[:, k], out=best)
+    return idx[:, None]
+
+
 def logits_to_output(logits: torch.Tensor, classes_only: bool) -> np.ndarray:
     """(1, K, h, w) logits -> (K, h, w) float32 probabilities, or (1, h, w) uint8 classes taken on the device."""
     logits = logits.float()
     if classes_only:
-        cls = (logits >= 0) if logits.shape[1] == 1 else logits.argmax(1, keepdim=True)
-        return cls.to(torch.uint8)[0].cpu().numpy()
+        return class_map(logits)[0].cpu().numpy()
     return logits_to_probs(logits)[0].cpu().numpy()
 
 
@@ -104,4 +118,5 @@ def make_inferer(model: torch.nn.Module, device: torch.device, options: InferOpt
     return LocalInferer(model, runner, opts, use_logits=kind == "local" and opts.border == "clip")
 
 
-__all__ = ["Inferer", "InferOptions", "make_inferer", "kind_of", "logits_to_output", "logits_to_probs", "Runner"]
+__all__ = ["Inferer", "InferOptions", "make_inferer", "kind_of", "class_map", "logits_to_output", "logits_to_probs",
+           "Runner"]

@@ -98,7 +98,7 @@ def _crop(t: torch.Tensor, origin: tuple[int, int], rows: Span, cols: Span, stri
 
 def _sum(t: torch.Tensor, origin: tuple[int, int], core: tuple[Span, Span]) -> tuple[torch.Tensor, int]:
     part = _crop(t, origin, *core)
-    return part.double().sum(dim=(0, 2, 3)), part.shape[-2] * part.shape[-1]
+    return part.sum(dim=(0, 2, 3), dtype=torch.float64), part.shape[-2] * part.shape[-1]
 
 
 class BiPathInferer:
@@ -117,6 +117,7 @@ class BiPathInferer:
         self._cache = TileCache(self._tiers, dtype)
         self._c16: FeatureStore | None = None
         self._grid: TileGrid | None = None
+        self._pre = None
         self._w: dict[str, torch.Tensor] = {}
 
     # -- geometry ------------------------------------------------------------------------------------
@@ -155,7 +156,7 @@ class BiPathInferer:
         in8 = tuple(_grow(win.W8[i], 1, self.g8[i]) for i in range(2))
         in16 = tuple(_grow(win.W16[i], 1, self.g16[i]) for i in range(2))
         with self.run.autocast():
-            feat8, feat16 = m.shallow(self.run.tensor(x), Placement(r, c, self.H, self.W))
+            feat8, feat16 = m.shallow(self.run.pixels(x, self._pre), Placement(r, c, self.H, self.W))
             f8 = _crop(feat8, (r // 8, c // 8), *in8, strict=strict)
             f16 = _crop(feat16, (r // 16, c // 16), *in16, strict=strict)
             del feat8, feat16
@@ -201,20 +202,15 @@ class BiPathInferer:
     @torch.inference_mode()
     def prepare(self, reader, preprocess, grid: TileGrid, progress: Callable | None = None,
                 state: dict | None = None) -> dict | None:
-        self._grid = grid
+        self._grid, self._pre = grid, preprocess
         self._sizes()
         self._cache.close()
-        t0 = time.perf_counter()
-        deep = DeepBranch(self.model, self.run, self._tiers, self.opts.deep_whole_max,
-                          self.opts.deep_tile)
-        feat = deep(reader, preprocess, progress)
-        self.stats.deep_shape, self.stats.deep_tiled = deep.view_shape, deep.tiled
-        try:
-            self._c16, c_gap16 = map_strips(feat, self.model.deep_context, self.run, reach=1)
-        finally:
-            feat.close()
-        self.stats.seconds["deep"] = time.perf_counter() - t0
+        if self._c16 is not None:
+            self._c16.close()
+        deep = DeepBranch(self.model, self.run, self._tiers, self.opts.deep_whole_max, self.opts.deep_tile)
         dev = self.run.device
+        # the deep path first, while the caches are empty: its activations are this inferer's largest
+        c_gap16 = self._deep(deep, reader, preprocess, progress)
         if state and "means" in state:  # a resumed run: the image-wide means are known
             means = {k: torch.tensor(v, dtype=torch.float32, device=dev)[None] for k, v in state["means"].items()}
             self._set_weights(means, c_gap16.to(dev))
@@ -242,12 +238,12 @@ class BiPathInferer:
                 self.stats.tiles_computed += 1
             if progress:
                 progress("advance", int(t.core.height * t.core.width), 0)
+        self.stats.seconds["shallow pass"] = time.perf_counter() - t0
         if not live:
             return None  # every tile is nodata: nothing will run
         means = {k: (s / n).float()[None].to(dev) for k, (s, n) in sums.items()}
         s_w16, c_w16 = self.model.fusion_weights(16, means["s16"], c_gap16.to(dev))
         self._w = {"s_w16": s_w16, "c_w16": c_w16}
-        self.stats.seconds["shallow pass"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         if progress:
             progress("phase:fusion pass", 0, self.H * self.W)
@@ -267,8 +263,9 @@ class BiPathInferer:
             s, n = _sum(c8, (win.S16[0][0], win.S16[1][0]), win.core16)
             c8_sum["s"] = c8_sum.get("s", 0) + s
             c8_sum["n"] = c8_sum.get("n", 0) + n
-            if (t.row, t.col) in self._cache:
-                self._cache.put((t.row, t.col), {"s8": s8, "c8": self._cache.quantise(c8)})
+            if (t.row, t.col) in self._cache:  # s8 stays where it is; c8 replaces s16
+                self._cache.drop((t.row, t.col), "s16")
+                self._cache.put((t.row, t.col), {"c8": self._cache.quantise(c8)})
             if progress:
                 progress("advance", int(t.core.height * t.core.width), 0)
         means["c8"] = (c8_sum["s"] / c8_sum["n"]).float()[None].to(dev)
@@ -276,6 +273,18 @@ class BiPathInferer:
         self.stats.seconds["fusion pass"] = time.perf_counter() - t0
         self.stats.cache_tiers = dict(self._cache.counts)
         return {"means": {k: [float(v) for v in means[k][0].cpu()] for k in ("s16", "s8", "c8")}}
+
+    def _deep(self, deep: DeepBranch, reader, preprocess, progress: Callable | None) -> torch.Tensor:
+        """The deep path over the whole raster, then fuse16's context on it (kept); returns that context's mean."""
+        t0 = time.perf_counter()
+        feat = deep(reader, preprocess, progress)
+        self.stats.deep_shape, self.stats.deep_tiled = deep.view_shape, deep.tiled
+        try:
+            self._c16, c_gap16 = map_strips(feat, self.model.deep_context, self.run, reach=1)
+        finally:
+            feat.close()
+        self.stats.seconds["deep"] = time.perf_counter() - t0
+        return c_gap16
 
     def _set_weights(self, means: dict[str, torch.Tensor], c_gap16: torch.Tensor) -> None:
         s_w16, c_w16 = self.model.fusion_weights(16, means["s16"], c_gap16)

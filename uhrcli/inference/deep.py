@@ -25,7 +25,8 @@ from ..io.readers import RasterReader
 from ..tiling import TileGrid, ceil_to, window_slices
 from .runner import Runner
 
-DEEP_WHOLE_MAX = 2048 * 2048  # shrunk-view pixels run in one pass
+DEEP_WHOLE_MAX = 2560 * 2560  # shrunk-view pixels run in one pass (about 150 bytes a view pixel, before
+# the shallow pass fills the caches: under that pass's peak)
 DEEP_TILE = 2048  # view pixels per deep tile beyond that
 HEAD_STEP = 128  # c4 cells per head tile (each side)
 
@@ -87,8 +88,8 @@ class DeepBranch:
     @torch.inference_mode()
     def __call__(self, reader: RasterReader, preprocess: Preprocess, progress: Callable | None = None
                  ) -> FeatureStore:
-        """The phase reports full-resolution pixels: half for reading the view (when shrunk), the rest
-        for the network."""
+        """deep_feat of the raster. The phase reports full-resolution pixels: half for reading the view (when
+        shrunk), the rest for the network."""
         ratio = int(self.model.down_ratio)
         total = reader.height * reader.width
         if progress:
@@ -99,7 +100,7 @@ class DeepBranch:
         try:
             self.view_shape = (view.height, view.width)
             if view.height * view.width <= self.whole_max:
-                x = self.run.tensor(preprocess(view.read(0, view.height, 0, view.width)))
+                x = self.run.pixels(view.read(0, view.height, 0, view.width), preprocess)
                 with self.run.autocast():
                     c4 = self.model.deep_backbone(x).float()
                     mean = self.model.deep_pool(c4) / (c4.shape[-2] * c4.shape[-1])
@@ -124,7 +125,7 @@ class DeepBranch:
         pool_sum = None
         for t in grid:
             r0, c0 = int(t.read.row_off), int(t.read.col_off)
-            x = self.run.tensor(preprocess(view.read(r0, r0 + int(t.read.height), c0, c0 + int(t.read.width))))
+            x = self.run.pixels(view.read(r0, r0 + int(t.read.height), c0, c0 + int(t.read.width)), preprocess)
             with self.run.autocast():
                 c4 = self.model.deep_backbone(x).float()
             rows, cols = _cells(t.core, t.read, stride, (hc, wc))

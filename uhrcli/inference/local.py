@@ -36,20 +36,21 @@ class LocalInferer:
         self.classes_only = False
         self.out_margin = 0
         self._grid: TileGrid | None = None
+        self._pre = None
 
     def needs_pixels(self, tile: Tile) -> bool:
         return True
 
     def prepare(self, reader, preprocess, grid: TileGrid, progress: Callable | None = None,
                 state: dict | None = None) -> dict | None:
-        self._grid = grid
+        self._grid, self._pre = grid, preprocess
         return None
 
     @torch.inference_mode()
     def __call__(self, batch: np.ndarray | None, tiles: Sequence[Tile]) -> list[np.ndarray]:
         assert batch is not None and self._grid is not None
         g = self._grid
-        x = self.run.tensor(batch)
+        x = self.run.pixels(batch, self._pre)
         with self.run.autocast():
             out = self.model.forward_logits(x) if self.use_logits else self.model(x)
         out = out.float()

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, MissingInputError, UhrError, UsageError
+from ..errors import InputError, MissingDependencyError, MissingInputError, UhrError, UsageError
 
 MAP_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".webp", ".bmp")  # preference order on a stem clash
 UHR_EXTRA_SUFFIXES = ("_mask", "_rgba", "_overlay")
@@ -33,12 +33,6 @@ METRIC_LABELS = {
     "weighted_f": "weighted F-measure",
     "boundary_iou": "boundary IoU",
 }
-
-
-class MissingDependencyError(UhrError):
-    """An optional package a command needs is not installed (EX_UNAVAILABLE)."""
-
-    exit_code = 69
 
 
 def _pysod() -> Any:

@@ -108,7 +108,8 @@ class LaplacianPyramid(nn.Module):
     """High-frequency residuals of a Laplacian pyramid (5x5 binomial kernel /256, reflect padding).
 
     Level step: blur, keep every second pixel; reconstruct by zero insertion
-    and the same blur with 4x the kernel; residual = level - reconstruction.
+    and the same blur with 4x the kernel; residual = level - reconstruction
+    (both computed in forms that skip the discarded and the zero pixels).
     The kernel is a non-persistent buffer: it is not part of the state dict,
     as in the official model.
     """
@@ -120,24 +121,31 @@ class LaplacianPyramid(nn.Module):
         k = torch.outer(k1, k1) / 256.0
         self.register_buffer("kernel", k.expand(channels, 1, 5, 5).clone(), persistent=False)
 
-    def _blur(self, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-        k = self.kernel.to(x.dtype)
-        if scale != 1.0:
-            k = k * scale
-        return F.conv2d(F.pad(x, (2, 2, 2, 2), mode="reflect"), k, groups=x.shape[1])
+    def _blur_down(self, x: torch.Tensor) -> torch.Tensor:
+        """blur(x)[::2, ::2]: the blur evaluated only where the downsampling keeps it (a strided conv)."""
+        return F.conv2d(F.pad(x, (2, 2, 2, 2), mode="reflect"), self.kernel.to(x.dtype), stride=2, groups=x.shape[1])
 
     def _upsample(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        up = x.new_zeros((b, c, 2 * h, 2 * w))
-        up[:, :, ::2, ::2] = x
-        return self._blur(up, 4.0)
+        """The official zero insertion followed by the blur with 4x the kernel (reflect padding), as one
+        transposed convolution (stride 2), which never builds the zero map. Reflecting the zero-inserted map
+        mirrors the input at the start and repeats its last value at the end: padding the input so and
+        cropping gives the reflect-padded result exactly."""
+        h, w = x.shape[-2:]
+        rows = torch.cat([x[..., 1 if h > 1 else 0:, :][..., :1, :], x, x[..., h - 1:, :]], dim=-2)
+        xp = torch.cat([rows[..., 1 if w > 1 else 0:][..., :1], rows, rows[..., w - 1:]], dim=-1)
+        xp = xp.contiguous(memory_format=_format(x))
+        up = F.conv_transpose2d(xp, self.kernel.to(x.dtype) * 4.0, stride=2, padding=2, output_padding=1,
+                                groups=x.shape[1])
+        return up[..., 2:2 + 2 * h, 2:2 + 2 * w]
 
     def forward(self, img: torch.Tensor) -> list[torch.Tensor]:
         cur = img
         residuals = []
         for _ in range(self.num_high):
-            down = self._blur(cur)[:, :, ::2, ::2]
-            up = self._upsample(down)
+            # every map keeps the input's memory format: a strided or mixed-format map sends the depthwise
+            # convolutions down a path several times slower (channels-last is the fast one on CPU)
+            down = self._blur_down(cur).contiguous(memory_format=_format(img))
+            up = self._upsample(down).contiguous(memory_format=_format(img))
             if up.shape[-2:] != cur.shape[-2:]:  # odd sizes: nearest resize, as the official code does
                 up = F.interpolate(up, size=cur.shape[-2:])
             residuals.append(cur - up)
@@ -152,7 +160,8 @@ class LaplacianPyramid(nn.Module):
         when a size is odd), so a tile sees what the whole-image forward sees.
         """
         res = self.forward(img)
-        if place is None:
+        if place is None or all(_exact_double(place, lv) for lv in range(1, len(res))):
+            # an image whose every level halves exactly: the tile's own resize is the whole image's
             ups = [resize(r, res[0].shape[-2:]) for r in res[1:]]
         else:
             h, w = res[0].shape[-2:]
@@ -165,4 +174,16 @@ class LaplacianPyramid(nn.Module):
                 # in the halo, whose values are discarded, so the edge is clamped there
                 ups.append(resize_window(r, (place.row // f, place.col // f), size, dst,
                                          (place.height, place.width), clamp=True))
-        return torch.cat([res[0]] + ups, dim=1)
+        return torch.cat([res[0]] + ups, dim=1).contiguous(memory_format=_format(img))
+
+
+def _format(x: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) else \
+        torch.contiguous_format
+
+
+def _exact_double(place: Placement, level: int) -> bool:
+    """Level `level` of the whole image is exactly 1/2**level of it (sizes divisible), so the bilinear
+    upsampling of a tile starting on a multiple of 2**level is a tile of the whole image's upsampling."""
+    f = 2 ** level
+    return place.height % f == 0 and place.width % f == 0 and place.row % f == 0 and place.col % f == 0

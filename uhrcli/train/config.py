@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import json
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,7 @@ class TrainConfig:
     layout: str = "auto"  # auto | pairs | deepglobe | inria | saliency | flat
     task: str | None = None  # segment | saliency (default: from the layout and the model)
     crop: int = 512
+    crop_max: int | None = None  # with crop: each batch's crop side drawn from [crop, crop_max]
     batch_size: int = 4
     epochs: int | None = None
     steps: int | None = None
@@ -76,6 +80,8 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and int(v) < 1:
                 raise UsageError(f"--{name} must be at least 1")
+        if self.crop_max is not None and int(self.crop_max) < int(self.crop):
+            raise UsageError(f"--crop {self.crop}-{self.crop_max}: the range must not shrink")
         if self.epochs is not None and self.steps is not None:
             raise UsageError("give --epochs or --steps, not both")
         if self.workers < 0:

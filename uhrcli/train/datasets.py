@@ -269,8 +269,9 @@ class CropDataset(torch.utils.data.Dataset):
 
     def __init__(self, spec: DatasetSpec, crop: int, mean: Sequence[float], std: Sequence[float], seed: int = 0,
                  augment: AugmentConfig | None = None, stretch: str = "auto", cat_max_ratio: float = 1.0,
-                 length: int = 1 << 62):
+                 length: int = 1 << 62, crop_max: int | None = None, batch_size: int = 1):
         self.spec, self.crop, self.seed = spec, int(crop), int(seed)
+        self.crop_max, self.batch_size = (int(crop_max) if crop_max else None), max(1, int(batch_size))
         self.mean, self.std = tuple(mean), tuple(std)
         self.augment = augment or AugmentConfig()
         self.stretch, self.cat_max_ratio, self.length = stretch, float(cat_max_ratio), int(length)
@@ -280,6 +281,13 @@ class CropDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return self.length
+
+    def side(self, g: int) -> int:
+        """Crop side of item g: fixed, or drawn per batch (items g // batch_size share it) from the range."""
+        if self.crop_max is None or self.crop_max == self.crop:
+            return self.crop
+        rng = np.random.default_rng([self.seed, 7919, int(g) // self.batch_size])
+        return int(rng.integers(self.crop, self.crop_max + 1))
 
     def _open(self, i: int) -> tuple[Any, Any, Any]:
         if i not in self._readers:
@@ -305,7 +313,7 @@ class CropDataset(torch.utils.data.Dataset):
         i = int(rng.choice(len(self.weights), p=self.weights))
         img, mask, scaler = self._open(i)
         h, w = self.spec.sizes[i]
-        s = self.crop
+        s = self.side(g)
         dec = self.spec.decoder
         tries = 10 if (self.cat_max_ratio < 1.0 and dec.kind != "saliency") else 1
         for _ in range(tries):

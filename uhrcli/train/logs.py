@@ -6,6 +6,8 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..errors import pyplot
+
 
 class MetricsCSV:
     """Append-only CSV whose columns are fixed at the first row; a resumed run drops rows past its step."""
@@ -55,10 +57,7 @@ def _fmt(v: Any) -> Any:
 
 def plot_curves(csv_path: Path, out: Path, metric: str) -> None:
     """Loss terms and the validation metric against the step (matplotlib Agg, no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     if not csv_path.exists():
         return

@@ -22,7 +22,7 @@ import torch.nn as nn
 from rasterio.windows import Window
 
 from ..device import autocast, resolve_device
-from ..errors import CheckpointError, InputError, MissingInputError, OutputError, UhrError, UsageError, first_line
+from ..errors import MissingDependencyError, CheckpointError, InputError, MissingInputError, OutputError, UhrError, UsageError, first_line
 from ..evaluate.labels import DEEPGLOBE_COLOURS, IGNORE
 from ..evaluate.metrics import confusion_matrix, metrics_from_confusion
 from ..io.readers import open_reader
@@ -275,12 +275,15 @@ def train(cfg: TrainConfig, on_event: Event | None = None) -> TrainResult:
     higher_better = metric_name == "val_miou"
     csv_log = MetricsCSV(run / "metrics.csv", resume_step=step if cfg.resume else None)
     aug = AugmentConfig(cfg.hflip, cfg.vflip, cfg.rot90, cfg.photometric)
+    crop_max = None if cfg.crop_max is None or spec.task == "saliency" else int(cfg.crop_max)
     ds = CropDataset(spec, crop, info.mean, info.std, seed=cfg.seed, augment=aug, stretch=cfg.stretch,
+                     crop_max=crop_max, batch_size=cfg.batch_size,
                      cat_max_ratio=cfg.cat_max_ratio if spec.task == "segment" else 1.0)
     stop_at = total if cfg.stop_after is None else min(total, int(cfg.stop_after))
     emit("start", {"total_steps": total, "start_step": step, "steps_per_epoch": spe, "samples": len(spec.samples),
                    "layout": spec.layout, "task": spec.task, "device": str(device), "amp": amp, "lr": base_lr,
-                   "crop": crop, "notes": notes, "class_names": spec.class_names})
+                   "crop": f"{crop}-{crop_max}" if crop_max else crop, "notes": notes,
+                   "class_names": spec.class_names})
 
     def checkpoint(epoch: int) -> None:
         extra = {"step": step, "epoch": epoch, "task": spec.task, "layout": spec.layout, "total_steps": total}
@@ -299,6 +302,7 @@ def train(cfg: TrainConfig, on_event: Event | None = None) -> TrainResult:
     final_loss = float("nan")
     t_win, n_win = time.perf_counter(), 0
     last_plot = t_win
+    plots = True
     model.train()
     loader = torch.utils.data.DataLoader(
         ds, batch_size=cfg.batch_size, sampler=range(step * cfg.batch_size, stop_at * cfg.batch_size),
@@ -369,8 +373,12 @@ def train(cfg: TrainConfig, on_event: Event | None = None) -> TrainResult:
             if saving:
                 checkpoint(epoch)
             # a plot costs 0.2-0.8 s: redraw with checkpoints, else at most once a minute (small epochs)
-            if saving or (epoch_end and time.perf_counter() - last_plot > PLOT_EVERY_S):
-                plot_curves(run / "metrics.csv", run / "curves.png", metric_name)
+            if plots and (saving or (epoch_end and time.perf_counter() - last_plot > PLOT_EVERY_S)):
+                try:
+                    plot_curves(run / "metrics.csv", run / "curves.png", metric_name)
+                except MissingDependencyError as exc:  # training goes on; metrics.csv holds the numbers
+                    plots = False
+                    emit("note", {"text": f"curves.png not drawn: {exc}"})
                 last_plot = time.perf_counter()
             if step >= stop_at:
                 break
