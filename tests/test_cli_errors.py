@@ -183,7 +183,12 @@ def test_unknown_model_and_bad_device(tmp_path, good_tif):
     _assert_clean_failure(res, tmp_path, out_name="o.tif", expect="unknown model")
     res = run_uhr("segment", str(good_tif), "-o", str(tmp_path / "o.tif"), "--weights", "random", "--model",
                   "fcn-tiny", "--device", "cuda")
-    _assert_clean_failure(res, tmp_path, out_name="o.tif", expect="CUDA is not available")
+    import torch
+
+    if torch.cuda.is_available():  # a GPU machine runs it
+        assert res.returncode == 0, res.stderr
+    else:
+        _assert_clean_failure(res, tmp_path, out_name="o.tif", expect="CUDA is not available")
 
 
 def test_debug_shows_traceback(tmp_path):

@@ -176,17 +176,24 @@ def test_a_second_run_on_the_same_output_names_the_first(tmp_path, slow_job):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
-def test_kill_9_then_resume_takes_over_the_stale_lock(tmp_path, slow_job):
+def _reference_and_stopped_run(tmp_path, slow_job, sig) -> tuple[Path, subprocess.Popen, str]:
+    """An uninterrupted in-process run's output, and the CLI run on the same job stopped by `sig` mid-way."""
     src, args = slow_job
     ref = segment(str(src), tmp_path / "ref.tif", model="fcn-tiny", weights="random", tile=256)[0]
     a = _start(args)
     _wait_for(lambda: _tiles_done(tmp_path / ".out.tif.uhr-partial") >= 5)
-    a.send_signal(signal.SIGKILL)
-    a.communicate()
+    a.send_signal(sig)
+    _, err = a.communicate(timeout=120)
+    return ref.output, a, err
+
+
+def test_kill_9_then_resume_takes_over_the_stale_lock(tmp_path, slow_job):
+    ref, _, _ = _reference_and_stopped_run(tmp_path, slow_job, signal.SIGKILL)
+    args = slow_job[1]
     assert (tmp_path / ".out.tif.uhr-lock").exists() and not (tmp_path / "out.tif").exists()
     res = run_uhr(*args, "--resume")
     assert res.returncode == 0, res.stderr
-    assert sha256(tmp_path / "out.tif") == sha256(ref.output)
+    assert sha256(tmp_path / "out.tif") == sha256(ref)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
@@ -215,17 +222,13 @@ def test_300_classes_are_refused_not_wrapped(tmp_path, rgb_tif):
 
 # -- 5. Ctrl-C -----------------------------------------------------------------------------------------------
 def test_ctrl_c_exits_130_with_what_was_done_and_resumes(tmp_path, slow_job):
-    src, args = slow_job
-    ref = segment(str(src), tmp_path / "ref.tif", model="fcn-tiny", weights="random", tile=256)[0]
-    a = _start(args)
-    _wait_for(lambda: _tiles_done(tmp_path / ".out.tif.uhr-partial") >= 5)
-    a.send_signal(signal.SIGINT)
-    _, err = a.communicate(timeout=120)
+    ref, a, err = _reference_and_stopped_run(tmp_path, slow_job, signal.SIGINT)
+    args = slow_job[1]
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
     assert a.returncode == 130 and len(lines) == 1, err
     assert lines[0].startswith("error: interrupted:") and " of 256 tiles" in lines[0] and "--resume" in lines[0]
     res = run_uhr(*args, "--resume")
-    assert res.returncode == 0 and sha256(tmp_path / "out.tif") == sha256(ref.output)
+    assert res.returncode == 0 and sha256(tmp_path / "out.tif") == sha256(ref)
 
 
 def test_saliency_interruption_says_how_to_finish(tmp_path):
@@ -263,6 +266,8 @@ def test_palette_tiffs_are_expanded_through_their_colour_map(tmp_path, inria_rgb
     for name in ("geo_pal.tif", "plain_pal.tif"):
         with open_reader(tmp_path / name) as r:
             assert r.count == 3 and np.array_equal(r.read(Window(0, 0, 240, 200)), rgb.transpose(2, 0, 1)), name
+        with open_reader(tmp_path / name, expand_palette=False) as r:  # class maps and masks: the indices
+            assert r.count == 1 and np.array_equal(r.read(Window(0, 0, 240, 200))[0], idx), name
     ref = segment(str(tmp_path / "rgb.tif"), tmp_path / "ref.zarr", model="fcn-tiny", weights="random", tile=128)[0]
     for name in ("geo_pal.tif", "plain_pal.tif"):
         out = segment(str(tmp_path / name), tmp_path / f"{name}.zarr", model="fcn-tiny", weights="random", tile=128)[0]

@@ -6,7 +6,6 @@ hundreds of times slower than fp32.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
 
 import torch
 
@@ -55,9 +54,3 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
     elif device.type == "mps":
         torch.mps.synchronize()
-
-
-@contextlib.contextmanager
-def inference_mode() -> Iterator[None]:
-    with torch.inference_mode():
-        yield

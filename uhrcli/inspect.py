@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .featcache import CacheBudget
@@ -32,7 +33,8 @@ class MemoryEstimate:
 
 def estimate_memory(height: int, width: int, bands: int, model_name: str, tile: int | None = None,
                     batch_size: int = 1, merge: str = "crop", num_classes: int | None = None,
-                    prefetch: int = 2, cache: CacheBudget | None = None) -> tuple[MemoryEstimate, TileGrid]:
+                    prefetch: int = 2, cache: CacheBudget | None = None, itemsize: int = 1
+                    ) -> tuple[MemoryEstimate, TileGrid]:
     """Bounded by tile size, not image size, except what the deep path keeps of the whole raster.
 
     Disk parts (features that wait on disk between passes) go to MemoryEstimate.disk.
@@ -51,7 +53,8 @@ def estimate_memory(height: int, width: int, bands: int, model_name: str, tile: 
     parts = {
         "runtime (python, torch, GDAL cache)": 420 << 20,
         "model parameters": sum(p.numel() * p.element_size() for p in model.parameters()),
-        "tiles in flight (input + probabilities)": in_flight * ((bands * 4) * pixels_in + (k * 4 + 1) * tile * tile),
+        # raw pixels travel (normalised on the device); outputs cover the core: classes, or K float32 maps
+        "tiles in flight (input + outputs)": in_flight * (bands * itemsize * pixels_in + (k * 4 + 1) * tile * tile),
         "model activations (estimate)": int(info.extra.get("activation_bytes_per_pixel", 96)) * pixels_in * batch_size,
         "scratch chunk writes": 2 * grid.tile_h * grid.tile_w * (1 + k),
     }
@@ -76,7 +79,8 @@ def describe(path: str | os.PathLike, model: str | None = None, tile: int | None
             "size_on_disk": _size(reader.path),
         }
         name = model or default_model_name()
-        est, grid = estimate_memory(reader.height, reader.width, len(reader.bands), name, tile=tile)
+        est, grid = estimate_memory(reader.height, reader.width, len(reader.bands), name, tile=tile,
+                                    itemsize=np.dtype(reader.dtype).itemsize)
         d["segment_memory"] = {"model": name, "tile": grid.tile_h, "halo": grid.halo, "tiles": len(grid),
                                "parts": est.parts, "total": est.total, "disk": est.disk}
         return d

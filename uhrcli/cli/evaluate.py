@@ -115,7 +115,7 @@ def eval_run(
     layout: str = typer.Option("auto", "--layout", help="auto, pairs, deepglobe, inria, saliency or flat."),
     ignore_index: Optional[int] = typer.Option(None, "--ignore-index", help="GT value left out."),
     mean_exclude: Optional[str] = typer.Option(None, "--mean-exclude", help="Class ids left out of the means."),
-    tile: int = typer.Option(1024, "--tile", help="Inference tile size."),
+    tile: Optional[int] = typer.Option(None, "--tile", help="Inference tile size (default: segment's; the scores do not depend on it)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write every number to this JSON file."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No table."),

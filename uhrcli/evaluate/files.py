@@ -97,9 +97,10 @@ def _blocks(height: int, width: int, rows: int) -> list[Window]:
 def score_file(pred_path: Path, gt_path: Path, num_classes: int, decoder: LabelDecoder,
                rows: int = 1024) -> np.ndarray:
     """Confusion matrix (K, K+1) of one prediction/ground-truth pair, block by block."""
-    pred = open_reader(pred_path, bands=[1])
+    pred = open_reader(pred_path, bands=[1], expand_palette=False)  # class maps carry a palette
     try:
-        gt = open_reader(gt_path, bands=decoder.bands if decoder.kind == "deepglobe" else [1])
+        gt = open_reader(gt_path, bands=decoder.bands if decoder.kind == "deepglobe" else [1],
+                         expand_palette=decoder.kind == "deepglobe")
     except Exception:
         pred.close()
         raise
@@ -141,7 +142,7 @@ def evaluate_pairs(pairs: Sequence[tuple[Path, Path]], num_classes: int, *, igno
             ign = () if ignore_index is None else (int(ignore_index),)
             dec = LabelDecoder(num_classes, "index", ignore_values=ign)
             if num_classes == 2:
-                with open_reader(gt_path, bands=[1]) as r:
+                with open_reader(gt_path, bands=[1], expand_palette=False) as r:
                     hist = mask_histogram(r, rows=rows)
                 if binary_255_is_foreground(2, hist, explicit_ignore=ignore_index == 255):
                     dec.foreground_255 = True

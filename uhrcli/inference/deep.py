@@ -22,7 +22,7 @@ from ..engine import Preprocess
 from ..featcache import FeatureStore, Tiers
 from ..geometry import nearest_indices
 from ..io.readers import RasterReader
-from ..tiling import TileGrid, ceil_to, window_slices
+from ..tiling import TileGrid, ceil_to
 from .runner import Runner
 
 DEEP_WHOLE_MAX = 2560 * 2560  # shrunk-view pixels run in one pass (about 150 bytes a view pixel, before
@@ -211,4 +211,4 @@ def map_strips(store: FeatureStore, fn: Callable[[torch.Tensor], torch.Tensor], 
     return out, (total / (h * w)).float()[None]
 
 
-__all__ = ["DeepBranch", "ShrunkView", "map_strips", "DEEP_WHOLE_MAX", "DEEP_TILE", "window_slices"]
+__all__ = ["DeepBranch", "ShrunkView", "map_strips", "DEEP_WHOLE_MAX", "DEEP_TILE"]

@@ -234,7 +234,7 @@ def check_dtype(dtype: np.dtype, path: Path) -> np.dtype:
 class RasterioReader(RasterReader):
     """GeoTIFF and every other GDAL raster; CRS, transform, nodata and masks are kept."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, expand_palette: bool = True):
         import rasterio
         from rasterio.enums import ColorInterp, MaskFlags
         from rasterio.errors import RasterioIOError
@@ -255,7 +255,7 @@ class RasterioReader(RasterReader):
         self.dtype = check_dtype(np.dtype(ds.dtypes[0]), self.path)
         ci = list(ds.colorinterp)
         self._palette: np.ndarray | None = None
-        if ds.count == 1 and ci[0] == ColorInterp.palette:  # indexed colour: expanded through its colour map
+        if expand_palette and ds.count == 1 and ci[0] == ColorInterp.palette:  # indexed colour -> its RGB
             cmap = ds.colormap(1)
             self._palette = palette_lut({int(k): v for k, v in cmap.items()}, self.dtype)
             self.source_count, self.dtype = 3, np.dtype(np.uint8)
@@ -320,7 +320,7 @@ class RasterioReader(RasterReader):
 class TiffReader(RasterReader):
     """TIFF family through tifffile's zarr store: only the touched tiles or strips are decoded."""
 
-    def __init__(self, path: Path, tif: Any):
+    def __init__(self, path: Path, tif: Any, expand_palette: bool = True):
         import zarr
 
         self.path = Path(path)
@@ -355,7 +355,7 @@ class TiffReader(RasterReader):
             self._alpha_band = self.source_count
         self._palette: np.ndarray | None = None
         cm = getattr(page, "colormap", None)
-        if self.source_count == 1 and int(getattr(page, "photometric", 0) or 0) == 3 and cm is not None:
+        if expand_palette and self.source_count == 1 and int(getattr(page, "photometric", 0) or 0) == 3 and cm is not None:
             cm = np.asarray(cm)  # (3, levels), 16-bit in TIFF: colour = value >> 8
             cm8 = (cm >> 8) if cm.max() > 255 else cm
             self._palette = palette_lut({i: tuple(int(v) for v in cm8[:, i]) for i in range(cm8.shape[1])}, self.dtype)
@@ -481,7 +481,7 @@ class ImageReader(RasterReader):
 
     MAX_PIXELS = 400_000_000
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, expand_palette: bool = True):
         from PIL import Image, ImageOps, UnidentifiedImageError
 
         self.path = Path(path)
@@ -490,7 +490,7 @@ class ImageReader(RasterReader):
             with Image.open(self.path) as im:
                 im = ImageOps.exif_transpose(im)
                 im.load()
-                arr = _pil_to_array(im)
+                arr = _pil_to_array(im, expand_palette)
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             raise InputError(f"{self.path}: not a readable image ({first_line(exc)})") from None
         except Image.DecompressionBombError:
@@ -510,7 +510,10 @@ class ImageReader(RasterReader):
         return self._arr[self._alpha_band - 1, r0:r1, c0:c1] > 0
 
 
-def _pil_to_array(im) -> np.ndarray:
+def _pil_to_array(im, expand_palette: bool = True) -> np.ndarray:
+    if im.mode in ("P", "PA") and not expand_palette:  # the indices themselves (a PA image's alpha dropped)
+        arr = np.asarray(im)
+        return np.ascontiguousarray(arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)[:1])
     if im.mode in ("P", "PA"):
         im = im.convert("RGBA" if "transparency" in im.info or im.mode == "PA" else "RGB")
     elif im.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
@@ -553,8 +556,13 @@ class ArrayReader(RasterReader):
 
 
 # --------------------------------------------------------------------------------------------
-def open_reader(path: str | os.PathLike, bands: Sequence[int] | None = None, validate: bool = True) -> RasterReader:
-    """Open any supported raster; bad paths and files raise one-line UhrErrors."""
+def open_reader(path: str | os.PathLike, bands: Sequence[int] | None = None, validate: bool = True,
+                expand_palette: bool = True) -> RasterReader:
+    """Open any supported raster; bad paths and files raise one-line UhrErrors.
+
+    expand_palette: an indexed-colour image reads as the RGB it shows (imagery); False reads its indices
+    (class maps and label masks, which store classes as palette indices).
+    """
     p = Path(path)
     if not p.exists():
         if p.is_symlink():
@@ -574,13 +582,13 @@ def open_reader(path: str | os.PathLike, bands: Sequence[int] | None = None, val
         with open(p, "rb") as f:
             head = f.read(4)
         if head[:2] in (b"II", b"MM"):
-            reader = _open_tiff(p)
+            reader = _open_tiff(p, expand_palette)
         elif p.suffix.lower() in IMAGE_SUFFIXES or head[:4] in (b"\x89PNG", b"RIFF") or head[:3] == b"\xff\xd8\xff":
-            reader = ImageReader(p)
+            reader = ImageReader(p, expand_palette)
         elif p.suffix.lower() in TIFF_SUFFIXES:
             raise InputError(f"{p}: not a TIFF file (no TIFF header)")
         else:
-            reader = RasterioReader(p)
+            reader = RasterioReader(p, expand_palette)
     if np.dtype(reader.dtype).kind == "f" and reader.meta.mask_kind == "none":
         reader.meta.mask_kind = "finite"  # NaN and infinite pixels are nodata
     try:
@@ -595,7 +603,7 @@ def open_reader(path: str | os.PathLike, bands: Sequence[int] | None = None, val
     return reader
 
 
-def _open_tiff(p: Path) -> RasterReader:
+def _open_tiff(p: Path, expand_palette: bool = True) -> RasterReader:
     import tifffile
 
     try:
@@ -605,9 +613,9 @@ def _open_tiff(p: Path) -> RasterReader:
         raise InputError(f"{p}: not a valid TIFF ({first_line(exc)})") from None
     if tif.is_geotiff:
         tif.close()
-        return RasterioReader(p)
+        return RasterioReader(p, expand_palette)
     try:
-        return TiffReader(p, tif)
+        return TiffReader(p, tif, expand_palette)
     except BaseException:
         tif.close()
         raise

@@ -66,7 +66,7 @@ def _row_runs(rows: np.ndarray, max_rows: int) -> Iterator[tuple[int, int]]:
 
 
 def resample_reader(reader, out_h: int, out_w: int, transform: Callable[[np.ndarray], np.ndarray],
-                    strip_rows: int | None = None, on_rows: Callable[[int], None] | None = None) -> np.ndarray:
+                    strip_rows: int | None = None) -> np.ndarray:
     """The (C, out_h, out_w) float32 bilinear resampling of a whole raster, in bounded memory.
 
     transform maps a raw (C, rows, W) strip to float32 (e.g. scaling and
@@ -94,8 +94,6 @@ def resample_reader(reader, out_h: int, out_w: int, transform: Callable[[np.ndar
             sel = np.nonzero((idx >= a) & (idx < b))[0]
             if sel.size:
                 out[:, sel] += wts[sel][None, :, None] * hrows[:, idx[sel] - a]
-        if on_rows is not None:
-            on_rows(b - a)
     if out is None:  # unreachable for a non-empty raster; keeps the type checker honest
         out = np.zeros((max(1, reader.count), out_h, out_w), np.float32)
     return out

@@ -87,7 +87,7 @@ def read_gray8(path: Path) -> np.ndarray:
 
     from ..io.readers import open_reader
 
-    with open_reader(path) as r:
+    with open_reader(path, expand_palette=False) as r:
         data = r.read(Window(0, 0, r.width, r.height))
     if data.shape[0] >= 3:
         x = 0.299 * data[0].astype(np.float64) + 0.587 * data[1] + 0.114 * data[2]

@@ -210,7 +210,7 @@ def build_spec(root: str | Path, *, layout: str = "auto", task: str | None = Non
         img = open_reader(s.image, validate=check)
         try:
             try:
-                mask = open_reader(s.mask, validate=check)
+                mask = open_reader(s.mask, validate=check, expand_palette=decoder.kind == "deepglobe")
             except InputError as exc:
                 raise InputError(f"mask {exc}") from None
             try:
@@ -293,7 +293,8 @@ class CropDataset(torch.utils.data.Dataset):
         if i not in self._readers:
             s = self.spec.samples[i]
             img = open_reader(s.image, validate=False)
-            mask = open_reader(s.mask, bands=self.spec.decoder.bands, validate=False)
+            mask = open_reader(s.mask, bands=self.spec.decoder.bands, validate=False,
+                               expand_palette=self.spec.decoder.kind == "deepglobe")
             self._readers[i] = (img, mask, make_scaler(img, self.stretch))
         return self._readers[i]
 

@@ -145,7 +145,8 @@ def validate(model: nn.Module, spec: DatasetSpec, device: torch.device, amp: boo
     size = int(info.extra.get("default_size", 1024))
     try:
         for s, (h, w) in zip(spec.samples, spec.sizes):
-            with open_reader(s.image, validate=False) as img, open_reader(s.mask, bands=dec.bands, validate=False) as mk:
+            with open_reader(s.image, validate=False) as img, \
+                    open_reader(s.mask, bands=dec.bands, validate=False, expand_palette=dec.kind == "deepglobe") as mk:
                 whole = Window(0, 0, w, h)
                 y = dec(mk.read(whole), mk.read_mask(whole))
                 if spec.task == "saliency":
