@@ -61,7 +61,7 @@ def segment_cmd(
     for col in ("input", "output", "size", "seconds", "MP/s", "peak RSS"):
         table.add_column(col, justify="right" if col in ("seconds", "MP/s", "peak RSS") else "left")
     for r in results:
-        note = " (resumed)" if r.resumed else ""
+        note = f" ({', '.join(r.notes)})" if r.notes else (" (resumed)" if r.resumed else "")
         table.add_row(r.input.name, str(r.output) + note, f"{r.width}x{r.height}", f"{r.seconds:.1f}",
                       f"{r.mpix_per_s:.2f}", f"{r.peak_rss_mb:.0f} MB")
     console.print(table)
