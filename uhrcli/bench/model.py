@@ -98,9 +98,10 @@ def _cuda_timer(device: torch.device) -> Callable[[Callable[[], Any]], float]:
     return timed
 
 
-def input_side(size: int, multiple: int) -> int:
-    """The side actually fed to the network: `size` rounded up to the model's stride multiple."""
-    return ceil_to(size, max(1, multiple))
+def input_side(size: int, multiple: int, task: str = "saliency") -> int:
+    """The side fed to the network: segmentation networks run at any size (as `uhr segment` runs them,
+    and as the papers time them: 2448 is not a multiple of 32); saliency inputs are resized to a multiple."""
+    return size if task == "segment" else ceil_to(size, max(1, multiple))
 
 
 def measure_model(spec: dict[str, Any]) -> dict[str, Any]:
@@ -150,7 +151,7 @@ def _measure(spec: dict[str, Any], name: str, size: int, device: torch.device) -
         torch.cuda.reset_peak_memory_stats(device)
     model = build_model(name, "random", seed=int(spec.get("seed", 0)))
     info = model.info
-    side = input_side(size, info.size_multiple)
+    side = input_side(size, info.size_multiple, info.task)
     params = count_params(model)
     flops, flops_how = count_flops(name, model, (1, info.in_channels, side, side), torch.device("cpu"))
     model = to_device(model, device).eval()
