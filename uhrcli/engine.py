@@ -20,6 +20,7 @@ from .errors import InputError, UhrError, first_line
 from .io.readers import RasterReader
 from .io.scaling import Scaler, normalise
 from .merge import BlendMerger, CropMerger
+from .proc import trim_heap
 from .scratch import Scratch
 from .tiling import Tile, TileGrid, window_slices
 
@@ -205,6 +206,8 @@ def run_tiles(reader: RasterReader, grid: TileGrid, predictor, preprocess: Prepr
         t0 = time.perf_counter()
         xs = None if batch[0].x is None else np.stack([b.x for b in batch])
         outs = predictor(xs, [b.tile for b in batch])
+        del xs
+        trim_heap()
         stats.model_seconds += time.perf_counter() - t0
         for item, out in zip(batch, outs):
             _put(writeq, (item.tile, out, out_valid(item)), errors)

@@ -21,3 +21,49 @@ def peak_rss_mb() -> float:
         pass
     ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return ru / 1024.0 if sys.platform != "darwin" else ru / 2**20  # macOS reports bytes
+
+
+_libc: object | None = None
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
+def _glibc():
+    global _libc
+    if _libc is None:
+        _libc = False
+        if sys.platform.startswith("linux"):
+            try:
+                import ctypes
+
+                lib = ctypes.CDLL("libc.so.6")
+                lib.malloc_trim.argtypes = [ctypes.c_size_t]
+                lib.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+                _libc = lib
+            except (OSError, AttributeError):
+                pass
+    return _libc
+
+
+def trim_heap() -> None:
+    """Hand freed heap pages back to the OS (glibc's malloc_trim; a no-op elsewhere).
+
+    A large tile allocates and frees hundreds of MB per layer; glibc keeps the
+    freed pages of its arenas, so RSS creeps up tile after tile. Called between
+    tiles, it costs about a millisecond.
+    """
+    lib = _glibc()
+    if lib:
+        lib.malloc_trim(0)
+
+
+def bound_heap(mmap_threshold: int = 4 << 20) -> None:
+    """Serve allocations above `mmap_threshold` from their own mappings, returned whole when freed.
+
+    glibc raises this threshold as large blocks are freed (up to 32 MB), after
+    which layer outputs of a few MB land in the arenas and fragment them: on a
+    144 MP two-scale run peak RSS was 2.0 GB by default, 1.73 GB with trimming
+    alone and 1.39 GB with a fixed 4 MB threshold and trimming.
+    """
+    lib = _glibc()
+    if lib:
+        lib.mallopt(M_MMAP_THRESHOLD, int(mmap_threshold))

@@ -16,7 +16,7 @@ import torch
 from . import __version__
 from .device import default_amp, resolve_device
 from .engine import EngineStats, Preprocess, run_tiles
-from .proc import peak_rss_mb
+from .proc import bound_heap, peak_rss_mb
 from .errors import InputError, OutputError, UsageError
 from .io.inputs import expand_inputs, is_zarr_store
 from .io.readers import RasterReader, open_reader
@@ -156,6 +156,7 @@ def segment(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str
 
     dev = resolve_device(device)
     amp = default_amp(dev) if opts.amp is None else opts.amp
+    bound_heap()  # RSS stays bounded over thousands of tiles (see uhrcli.proc)
     name = model if model is not None else (None if weights not in (None, "random") else default_model_name())
     if weights is None:
         raise UsageError("no weights: pass --weights FILE (a trained checkpoint) or --weights random for a dry run")

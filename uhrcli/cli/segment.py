@@ -25,7 +25,7 @@ def segment_cmd(
     border: str = typer.Option("clip", "--border", help="clip: the network pads at the image border, as on the whole "
                                "image; mirror: mirror pixels past it (local models)."),
     cache_ram: Optional[str] = typer.Option(None, "--cache-ram", help="Host RAM for features kept between passes "
-                                            "(two-scale models), e.g. 2G (default 1G)."),
+                                            "(two-scale models), e.g. 2G (default 256M)."),
     cache_disk: Optional[str] = typer.Option(None, "--cache-disk", help="Disk for them beyond that, e.g. 100G "
                                              "(default: 80% of the free space)."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Folder of that disk cache (default: beside the output)."),

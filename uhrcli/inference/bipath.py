@@ -36,6 +36,7 @@ import torch
 from ..engine import prefetch_tiles
 from ..featcache import FeatureStore, TileCache, Tiers
 from ..geometry import Placement, halvings, resize_window, source_span
+from ..proc import trim_heap
 from ..tiling import Tile, TileGrid
 from . import InferOptions, logits_to_output
 from .deep import DeepBranch, map_strips
@@ -238,6 +239,7 @@ class BiPathInferer:
                 self.stats.tiles_computed += 1
             if progress:
                 progress("advance", int(t.core.height * t.core.width), 0)
+            trim_heap()
         self.stats.seconds["shallow pass"] = time.perf_counter() - t0
         if not live:
             return None  # every tile is nodata: nothing will run
@@ -268,6 +270,7 @@ class BiPathInferer:
                 self._cache.put((t.row, t.col), {"c8": self._cache.quantise(c8)})
             if progress:
                 progress("advance", int(t.core.height * t.core.width), 0)
+            trim_heap()
         means["c8"] = (c8_sum["s"] / c8_sum["n"]).float()[None].to(dev)
         self._set_weights(means, c_gap16.to(dev))
         self.stats.seconds["fusion pass"] = time.perf_counter() - t0

@@ -21,6 +21,7 @@ from rasterio.windows import Window
 from ..engine import Preprocess
 from ..featcache import FeatureStore, Tiers
 from ..geometry import nearest_indices
+from ..proc import trim_heap
 from ..io.readers import RasterReader
 from ..tiling import TileGrid, ceil_to
 from .runner import Runner
@@ -136,6 +137,8 @@ class DeepBranch:
                            core[0].cpu().numpy().astype(c4_store.dtype, copy=False))
             s = self.model.deep_pool(core).double()
             pool_sum = s if pool_sum is None else pool_sum + s
+            del c4, core, x
+            trim_heap()
             if progress:
                 progress("advance", int(t.core.height * t.core.width), 0)
         assert c4_store is not None and pool_sum is not None
@@ -165,6 +168,8 @@ class DeepBranch:
                 out = FeatureStore((y.shape[1], hc, wc), "float32", self.tiers)
             sr, sc = t.core_in_tile
             out.write(int(t.core.row_off), int(t.core.col_off), y[0, :, sr, sc].cpu().numpy())
+            del x, y
+            trim_heap()
         assert out is not None
         return out
 

@@ -2,6 +2,7 @@
 from .base import ModelInfo, default_class_names, default_palette
 from .registry import UnknownModelError, create_model, list_models, register_model
 from . import fcn  # noqa: F401  (registers fcn-tiny)
+from . import identity  # noqa: F401  (registers identity, the zero-cost model)
 
 __all__ = ["ModelInfo", "create_model", "list_models", "register_model", "UnknownModelError",
            "default_class_names", "default_palette"]
