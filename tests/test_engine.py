@@ -289,3 +289,17 @@ def test_preview_overlay(tmp_path, fcn_weights):
     assert tinted.any()
     assert (im[~tinted] == img.transpose(1, 2, 0)[~tinted]).all()  # untinted pixels are the image
     assert (im[tinted] != img.transpose(1, 2, 0)[tinted]).any(axis=-1).mean() > 0.9
+
+
+@pytest.mark.parametrize("merge,tile", [("crop", 256), ("blend", 300)])
+def test_identity_model_passes_every_pixel_through(tmp_path, merge, tile):
+    """The zero-cost model's class is exactly 'band 1 above the normalisation mean': any pixel the engine
+    drops, shifts, rescales or merges wrongly shows up against a map computed straight from the file."""
+    src = EXAMPLES / "austin_inria_crop.tif"
+    res = segment(str(src), tmp_path / "m.tif", model="identity", weights="random", tile=tile, merge=merge)[0]
+    with rasterio.open(src) as a, rasterio.open(res.output) as b:
+        expect = (a.read(1) > 123.675).astype(np.uint8)
+        got = b.read(1)
+        assert b.transform == a.transform and b.crs == a.crs
+    assert 0.1 < expect.mean() < 0.9
+    assert np.array_equal(got, expect)
