@@ -159,11 +159,20 @@ def test_cuda_branch_logic_with_mocks(monkeypatch) -> None:
         assert rec["peak_mem_mb"] == 123.0 and rec["peak_reserved_mb"] == 200.0
         assert rec["mem_source"] == "cuda_max_memory_allocated"
         assert rec["flops"] == fcn_tiny_flops(rec["size"])
+    assert set(r.machine["roofs_gflops"]) == {"fp32", "tf32", "fp16"}  # CUDA reports every roof
 
     _FakeEvent.fail = True
     empty_before = calls["empty"]
     r = run_benchmark(models=["fcn-tiny"], sizes=[32], device="cuda", iters=2, warmup=0, roof=False)
     assert r.records[0]["status"] == "oom" and calls["empty"] > empty_before + 1  # cache freed after the OOM
+
+
+def test_amp_default_follows_the_device() -> None:
+    from uhrcli.bench.runner import BenchConfig
+
+    assert BenchConfig().amp is None  # decided per device: on for CUDA (as segment runs), never on CPU
+    r = run_benchmark(models=["fcn-tiny"], sizes=[32], device="cpu", iters=1, warmup=0, roof=False, isolate=False)
+    assert r.machine["settings"]["amp"] is False and r.machine["settings"]["dtype"] == "fp32"
 
 
 def test_cli_bench(tmp_path) -> None:

@@ -226,3 +226,14 @@ def test_nodata_collar_cli_default_tile(tmp_path, collar):
     r = run_uhr("segment", str(collar), "-o", str(tmp_path / "m.tif"), "--weights", "random", "-q")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "m.tif").exists() and not list(tmp_path.glob(".*"))
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_class_map_is_argmax_first_on_ties(k):
+    from uhrcli.inference import class_map
+
+    g = torch.Generator().manual_seed(k)
+    logits = torch.randint(-2, 3, (2, k, 17, 23), generator=g).float()  # many ties
+    assert torch.equal(class_map(logits)[:, 0].long(), logits.argmax(1))
+    one = torch.randn(1, 1, 5, 5, generator=g)
+    assert torch.equal(class_map(one)[:, 0].bool(), one[:, 0] >= 0)

@@ -107,6 +107,12 @@ def resize_window(x: torch.Tensor, src_origin: tuple[int, int], src_size: tuple[
     the window's edge instead (for a tile whose edge lies in its halo, where values are discarded).
     """
     r0, r1, c0, c1 = dst
+    if tuple(src_size) == tuple(dst_size):  # bilinear at scale 1 is the identity: a crop
+        a, c = r0 - src_origin[0], c0 - src_origin[1]
+        if a < 0 or c < 0 or a + (r1 - r0) > x.shape[-2] or c + (c1 - c0) > x.shape[-1]:
+            raise ValueError(f"the window holds rows [{src_origin[0]}, {src_origin[0] + x.shape[-2]}) cols "
+                             f"[{src_origin[1]}, {src_origin[1] + x.shape[-1]}), not [{r0}, {r1}) x [{c0}, {c1})")
+        return x[..., a:a + (r1 - r0), c:c + (c1 - c0)]
     rows = axis_weights(src_size[0], dst_size[0], r0, r1)
     cols = axis_weights(src_size[1], dst_size[1], c0, c1)
     # crop first so the gathers touch only what they need

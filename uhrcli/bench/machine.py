@@ -37,8 +37,19 @@ def to_device(obj: Any, device: torch.device) -> Any:
     return obj.to(device)
 
 
-def compute_roof(device: torch.device, n: int = 2048, reps: int = 5, amp: bool = False) -> float:
-    """Best achieved matmul GFLOP/s over `reps` n x n products (fp16 when amp on an accelerator)."""
+def compute_roof(device: torch.device, n: int = 2048, reps: int = 5, amp: bool = False,
+                 tf32: bool | None = None) -> float:
+    """Best achieved matmul GFLOP/s over `reps` n x n products (fp16 when amp on an accelerator).
+
+    tf32: on CUDA, measure fp32 with TF32 tensor cores allowed (True) or not (False); None leaves
+    torch's setting as it is, which is how the models run."""
+    if tf32 is not None and device.type == "cuda":
+        before = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        try:
+            return compute_roof(device, n, reps, amp)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = before
     dtype = torch.float16 if amp and device.type != "cpu" else torch.float32
     gen = torch.Generator().manual_seed(0)
     a = to_device(torch.randn(n, n, generator=gen).to(dtype), device)

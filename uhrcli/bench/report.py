@@ -146,6 +146,9 @@ def summary_lines(report: BenchReport) -> list[str]:
     if report.roof_gflops:
         lines.append(f"compute roof: {report.roof_gflops:,.1f} GFLOP/s ({s.get('dtype')} matmul); "
                      "Eff % = achieved GFLOP/s / roof")
+        roofs = report.machine.get("roofs_gflops")
+        if roofs:
+            lines.append("other roofs (matmul GFLOP/s): " + ", ".join(f"{k} {v:,.1f}" for k, v in roofs.items()))
     if report.baseline_rss_mb is not None:
         lines.append(f"baseline RSS of an idle worker with torch imported: {report.baseline_rss_mb:.0f} MB "
                      "(each case ran in a fresh process; its RSS includes this)")

@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..device import resolve_device
+from ..device import default_amp, resolve_device
 from ..errors import UsageError
 from .machine import MARKER, compute_roof, machine_info
 
@@ -36,7 +36,7 @@ class BenchConfig:
     sizes: Sequence[int] | None = None
     device: str = "auto"
     batch_size: int = 1
-    amp: bool = False
+    amp: bool | None = None  # None: as `uhr segment` runs (fp16 autocast on CUDA, fp32 elsewhere)
     channels_last: bool = True  # as `uhr segment` runs the network
     fold_bn: bool = True  # likewise: BatchNorm folded into the convs
     compile: bool = False
@@ -165,7 +165,7 @@ def run_benchmark(config: BenchConfig | None = None, progress: Callable[[str], A
     iters = cfg.iters if cfg.iters is not None else (50 if accel else 5)
     if warmup < 0 or iters < 1:
         raise UsageError("--warmup must be >= 0 and --iters >= 1")
-    amp = cfg.amp
+    amp = default_amp(device) if cfg.amp is None else cfg.amp
     if amp and device.type == "cpu":
         notes.append("--amp ignored on CPU: fp16 autocast is CUDA/MPS only (and bf16 is never used on CPU)")
         amp = False
@@ -190,6 +190,10 @@ def run_benchmark(config: BenchConfig | None = None, progress: Callable[[str], A
         say(progress, f"measuring the {dtype} matmul roof ({cfg.roof_n}x{cfg.roof_n})")
         roof = compute_roof(device, n=cfg.roof_n, amp=amp)
         machine["roof_gflops"] = roof
+        if device.type == "cuda":  # the other roofs a reader compares against: fp32 without and with TF32, fp16
+            machine["roofs_gflops"] = {"fp32": compute_roof(device, n=cfg.roof_n, amp=False, tf32=False),
+                                       "tf32": compute_roof(device, n=cfg.roof_n, amp=False, tf32=True),
+                                       "fp16": compute_roof(device, n=cfg.roof_n, amp=True)}
     baseline = None
     if isolate:
         say(progress, "measuring the baseline RSS of an idle worker (torch imported)")

@@ -18,7 +18,8 @@ def bench_cmd(
     sizes: Optional[str] = typer.Option(None, "--sizes", "-s",
                                         help="Square input sides in pixels (default 1024,2448; --pipeline: 4096)."),
     batch_size: int = typer.Option(1, "--batch-size", "-b", help="Images per forward pass."),
-    amp: bool = typer.Option(False, "--amp/--no-amp", help="fp16 autocast (CUDA/MPS only; ignored on CPU)."),
+    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="fp16 autocast (default: on for CUDA, as "
+                                       "`uhr segment` runs; never on CPU)."),
     channels_last: bool = typer.Option(True, "--channels-last/--no-channels-last",
                                        help="Model and input in channels-last layout (as `uhr segment` runs them)."),
     fold_bn: bool = typer.Option(True, "--fold-bn/--no-fold-bn",

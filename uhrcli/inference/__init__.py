@@ -69,6 +69,8 @@ def class_map(logits: torch.Tensor) -> torch.Tensor:
     (0.7 s for a 2-class 2016^2 tile)."""
     if logits.shape[1] == 1:
         return (logits >= 0).to(torch.uint8)
+    if logits.shape[1] == 2:  # one comparison (ties go to class 0)
+        return (logits[:, 1:2] > logits[:, 0:1]).to(torch.uint8)
     best = logits[:, 0].clone()
     idx = torch.zeros(best.shape, dtype=torch.uint8, device=logits.device)
     for k in range(1, logits.shape[1]):
