@@ -8,18 +8,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
 import sys
 import time
 
-
-
-def _child(code: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        raise SystemExit(out.stderr)
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
+from _child import child  # benchmarks/ is on sys.path when a script here runs
 
 SEGMENT = r"""
 import json, resource, sys, time
@@ -74,8 +66,8 @@ def main() -> None:
         if not cached:
             print(f"made {src} in {time.perf_counter() - t:.0f} s", file=sys.stderr)
         dst = src.with_name(src.stem + "_mask.tif")
-        seg = _child(SEGMENT.format(src=str(src), dst=str(dst), model=a.model, tile=a.tile, batch=a.batch))
-        mod = _child(MODEL_ONLY.format(src=str(src), model=a.model, tile=a.tile, batch=a.batch))
+        seg = child(SEGMENT.format(src=str(src), dst=str(dst), model=a.model, tile=a.tile, batch=a.batch))
+        mod = child(MODEL_ONLY.format(src=str(src), model=a.model, tile=a.tile, batch=a.batch))
         e2e = seg["pixels"] / 1e6 / seg["seconds"]
         model_only = mod["pixels"] / 1e6 / mod["seconds"]
         row = dict(megapixels=seg["pixels"] / 1e6, tiles=seg["tiles"], e2e_seconds=round(seg["seconds"], 1),

@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import tempfile
+
+from _child import child  # benchmarks/ is on sys.path when a script here runs
 
 PLAIN = r"""
 import json, time, numpy as np, rasterio, torch
@@ -54,16 +54,12 @@ SEGMENT = r"""
 import json
 from uhrcli.segment import segment
 from uhrcli.proc import peak_rss_mb
+
 r = segment({src!r}, {dst!r}, model={model!r}, weights='random', overwrite=True, tile={tile})[0]
 print(json.dumps(dict(seconds=r.seconds, mp_per_s=r.mpix_per_s, peak_rss_mb=peak_rss_mb())))
 """
 
 
-def child(code: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        raise SystemExit(out.stderr)
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
+
+from _child import child  # benchmarks/ is on sys.path when a script here runs
 
 WHOLE = r"""
 import json, time, torch
@@ -35,6 +35,7 @@ print(json.dumps(dict(seconds=lat[len(lat) // 2], mp_per_s=2448 * 2448 / 1e6 / l
 SEGMENT = r"""
 import json, resource
 from uhrcli.segment import segment
+
 r = segment({src!r}, {dst!r}, model='isdnet-r18', weights='random', overwrite=True, **{opts!r})[0]
 print(json.dumps(dict(seconds=r.seconds, mp_per_s=r.mpix_per_s, pixels=r.height * r.width,
     peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, tiles=r.stats.tiles,
@@ -42,11 +43,6 @@ print(json.dumps(dict(seconds=r.seconds, mp_per_s=r.mpix_per_s, pixels=r.height 
 """
 
 
-def child(code: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        raise SystemExit(out.stderr)
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
