@@ -46,20 +46,22 @@ def _glibc():
 
 
 _last_trim = 0.0
+_bounded = False
 
 
 def trim_heap(min_interval: float = 1.0) -> None:
-    """Hand freed heap pages back to the OS (glibc's malloc_trim; a no-op elsewhere).
+    """Once `bound_heap` has been called: hand freed heap pages back to the OS (glibc's malloc_trim).
 
     A large tile allocates and frees hundreds of MB per layer; glibc keeps the
-    freed pages of its arenas, so RSS creeps up tile after tile. A trim costs
-    about 10 ms after a 1024 x 1024 tile, so it runs at most once per
-    `min_interval` seconds: under 1% of the time, whatever the tile rate.
+    freed pages of its arenas, so RSS creeps up tile after tile. Trimming is not
+    free (the next tile faults the pages in again, and a trim itself takes ~10 ms),
+    so it runs only for runs that asked for a bounded heap, at most once per
+    `min_interval` seconds.
     """
     global _last_trim
     lib = _glibc()
     now = time.monotonic()
-    if lib and now - _last_trim >= min_interval:
+    if _bounded and lib and now - _last_trim >= min_interval:
         lib.malloc_trim(0)
         _last_trim = time.monotonic()
 
@@ -70,9 +72,12 @@ def bound_heap(mmap_threshold: int = 4 << 20) -> None:
     glibc raises this threshold as large blocks are freed (up to 32 MB), after
     which layer outputs of a few MB land in the arenas and fragment them: on a
     144 MP two-scale run peak RSS was 2.0 GB by default, 1.73 GB with trimming
-    alone and 1.39 GB with a fixed 4 MB threshold and trimming. The price is about 10% of speed on a
-    2-core CPU (36 MP, six runs each: 33.6 s against 30.2 s), as fresh mappings are zeroed by the kernel.
+    alone and 1.39 GB with a fixed 4 MB threshold and trimming (`trim_heap`, enabled by this call). The
+    price is 10-20% of speed on a 2-core CPU (36 MP, six runs each: 33.6 s against 30.2 s), as fresh pages
+    are zeroed by the kernel; so `segment` asks for it only on rasters where RSS growth threatens the bound.
     """
+    global _bounded
     lib = _glibc()
     if lib:
         lib.mallopt(M_MMAP_THRESHOLD, int(mmap_threshold))
+        _bounded = True
