@@ -303,3 +303,30 @@ def test_identity_model_passes_every_pixel_through(tmp_path, merge, tile):
         assert b.transform == a.transform and b.crs == a.crs
     assert 0.1 < expect.mean() < 0.9
     assert np.array_equal(got, expect)
+
+
+@pytest.mark.parametrize("dtype,stretch", [("uint8", "auto"), ("uint16", "percentile:2,98"), ("float32", "auto")])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_device_normalisation_equals_the_host_preprocess(tmp_path, dtype, stretch, channels_last):
+    """Runner.pixels (raw values to the device, arithmetic there) gives the host Preprocess's values, bit for bit,
+    in either memory layout, without touching the caller's array; NaN pixels become 0 before normalisation."""
+    from uhrcli.engine import Preprocess
+    from uhrcli.inference.runner import Runner
+    from uhrcli.io.readers import open_reader
+    from uhrcli.io.scaling import make_scaler
+
+    rng = np.random.default_rng(1)
+    if dtype == "float32":
+        raw = rng.random((3, 37, 53), dtype=np.float32)
+        raw[1, 3, 4] = np.nan
+    else:
+        raw = rng.integers(0, np.iinfo(dtype).max, (3, 37, 53), dtype=dtype)
+    src = tmp_path / "x.tif"
+    tifffile.imwrite(src, raw, photometric="rgb", planarconfig="separate")
+    with open_reader(src) as r:
+        pre = Preprocess(make_scaler(r, stretch), (123.675, 116.28, 103.53), (58.395, 57.12, 57.375))
+    before = raw.copy()
+    got = Runner(torch.device("cpu"), channels_last=channels_last).pixels(raw[None], pre)
+    assert np.array_equal(raw, before, equal_nan=dtype == "float32"), "the caller's pixels are left as they were"
+    assert got.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    assert np.array_equal(got[0].numpy(), pre(raw))

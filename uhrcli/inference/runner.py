@@ -28,23 +28,27 @@ class Runner:
         """Raw pixels (C, H, W) or (B, C, H, W), as read (uint8, uint16, ...) -> the normalised float32 batch on
         the device. Only the raw bytes cross to the device (pinned for an asynchronous copy on CUDA); scaling
         and normalisation run there, with the arithmetic of uhrcli.engine.Preprocess, so results match it."""
-        t = torch.from_numpy(np.ascontiguousarray(raw))
+        t = host = torch.from_numpy(np.ascontiguousarray(raw))
         if t.ndim == 3:
             t = t[None]
         if self.device.type == "cuda":
             t = t.pin_memory()
-        t = t.to(self.device, non_blocking=True).to(torch.float32)
+        t = t.to(self.device, non_blocking=True)
+        if self.channels_last:  # reorder the raw values (1 byte each for uint8), not the float32 copy
+            t = t.contiguous(memory_format=torch.channels_last)
+        t = t.to(torch.float32)  # keeps the memory format
+        if t.data_ptr() == host.data_ptr():  # float32 on the CPU: still the caller's array, which stays as it is
+            t = t.clone()
         c = t.shape[1]
         if raw.dtype.kind == "f":  # NaN/inf pixels are nodata (masked); 0 keeps them from spreading through convs
             torch.nan_to_num_(t, nan=0.0, posinf=0.0, neginf=0.0)
         sc = pre.scaler
         if np.any(sc.offset != 0) or np.any(sc.scale != 1):
-            t = (t - self._band(sc.offset, c)) * self._band(sc.scale, c)
+            t.sub_(self._band(sc.offset, c)).mul_(self._band(sc.scale, c))
             t.clamp_(0.0, 255.0)
         elif raw.dtype != np.uint8:
             t.clamp_(0.0, 255.0)
-        t = (t - self._band(pre.mean, c)) / self._band(pre.std, c)
-        return t.contiguous(memory_format=torch.channels_last) if self.channels_last else t
+        return t.sub_(self._band(pre.mean, c)).div_(self._band(pre.std, c))
 
     def _band(self, values: Any, c: int) -> torch.Tensor:
         return torch.as_tensor(np.asarray(values, np.float32)[:c], device=self.device).view(1, c, 1, 1)
