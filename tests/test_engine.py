@@ -330,3 +330,37 @@ def test_device_normalisation_equals_the_host_preprocess(tmp_path, dtype, stretc
     assert np.array_equal(raw, before, equal_nan=dtype == "float32"), "the caller's pixels are left as they were"
     assert got.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     assert np.array_equal(got[0].numpy(), pre(raw))
+
+
+def test_crop_merger_writes_bands_keeps_earlier_tiles_and_takes_any_order(tmp_path):
+    """Bands are written when their last tile lands, in whatever order tiles come (nodata tiles overtake
+    batched ones); tiles an earlier run finished are neither recomputed nor overwritten."""
+    from uhrcli.merge import CropMerger
+    from uhrcli.scratch import Scratch
+    from uhrcli.tiling import TileGrid
+
+    g = TileGrid(700, 900, 256, 0, 1)
+    sc = Scratch.create(tmp_path / "s", {}, 700, 900, 2, (256, 256), g.shape, probs=False, masked=False)
+    first = next(iter(g))
+    c = first.core
+    sc.classes[int(c.row_off):int(c.row_off + c.height), int(c.col_off):int(c.col_off + c.width)] = 7
+    sc.mark_done(first.row, first.col)
+    m = CropMerger(g, sc)
+    tiles = m.pending()
+    assert first not in tiles and len(tiles) == len(g) - 1
+    rng = np.random.default_rng(0)
+    want = {(t.row, t.col): rng.integers(0, 2, (1, int(t.core.height), int(t.core.width)), dtype=np.uint8)
+            for t in tiles}
+    order = tiles[::-1]  # every row arrives back to front, later rows first
+    for i, t in enumerate(order):
+        m.add(t, want[(t.row, t.col)], None)
+        rows_done = {t2.row for t2 in order[:i + 1]}
+        for r in rows_done:  # a row is recorded done exactly when all its tiles have landed
+            complete = all(t2 in order[:i + 1] for t2 in tiles if t2.row == r)
+            assert bool(sc.done_tiles()[r].all()) == complete
+    out = np.asarray(sc.classes[:])
+    assert (out[int(c.row_off):int(c.row_off + c.height), int(c.col_off):int(c.col_off + c.width)] == 7).all()
+    for t in tiles:
+        k = t.core
+        got = out[int(k.row_off):int(k.row_off + k.height), int(k.col_off):int(k.col_off + k.width)]
+        assert np.array_equal(got, want[(t.row, t.col)][0])

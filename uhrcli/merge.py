@@ -43,34 +43,74 @@ def encode(probs: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
 
 
 class CropMerger:
-    """Each tile's core, as it is: the predictor's output covers exactly the core (margin 0)."""
+    """Each tile's core, as it is: the predictor's output covers exactly the core (margin 0).
+
+    Cores are gathered into the band of their tile row and the band is written
+    in one piece once its last tile lands: one write per chunk instead of a
+    read-modify-write of every chunk a tile's core straddles (23 ms per MP of
+    waiting on the store, tile by tile, on a 36 MP map). A band's tiles are
+    recorded as done when it is written, so an interrupted run redoes at most
+    one tile row.
+    """
 
     margin = 0
 
     def __init__(self, grid: TileGrid, scratch: Scratch):
         self.grid, self.scratch = grid, scratch
+        self._left: dict[int, int] = {}
+        self._bands: dict[int, dict[str, np.ndarray]] = {}  # open bands (tiles may land a little out of order)
+        self._added: dict[int, list[Tile]] = {}
 
     def pending(self) -> list[Tile]:
         done = self.scratch.done_tiles()
-        return [t for t in self.grid if not done[t.row, t.col]]
+        tiles = [t for t in self.grid if not done[t.row, t.col]]
+        self._left = {}
+        for t in tiles:
+            self._left[t.row] = self._left.get(t.row, 0) + 1
+        return tiles
+
+    def _band(self, r: int) -> dict[str, np.ndarray]:
+        if r not in self._bands:
+            a = self.grid.rows[r]
+            h, w = a.core_stop - a.core_start, self.grid.width
+            self._bands[r] = {"classes": np.full((h, w), NODATA, np.uint8)}
+            if self.scratch.probs is not None:
+                self._bands[r]["probs"] = np.zeros((self.scratch.probs.shape[0], h, w), np.uint8)
+            self._added[r] = []
+        return self._bands[r]
 
     def add(self, tile: Tile, probs: np.ndarray | None, valid: np.ndarray | None) -> None:
         """probs: (K, h, w) probabilities or (1, h, w) uint8 classes over the core; None for an all-nodata tile."""
+        band = self._band(tile.row)
         c = tile.core
-        rows = slice(int(c.row_off), int(c.row_off + c.height))
+        rows = slice(0, int(c.height))
         cols = slice(int(c.col_off), int(c.col_off + c.width))
-        if probs is None:
-            self.scratch.classes[rows, cols] = NODATA
-            if self.scratch.probs is not None:
-                self.scratch.probs[:, rows, cols] = 0
-        else:
-            self.scratch.classes[rows, cols] = encode(probs, valid)
-            if self.scratch.probs is not None:
+        if probs is not None:
+            band["classes"][rows, cols] = encode(probs, valid)
+            if "probs" in band:
                 q = to_uint8_probs(probs)
                 if valid is not None:
                     q[:, ~valid] = 0
-                self.scratch.probs[:, rows, cols] = q
-        self.scratch.mark_done(tile.row, tile.col)
+                band["probs"][:, rows, cols] = q
+        self._added[tile.row].append(tile)
+        self._left[tile.row] -= 1
+        if self._left[tile.row] == 0:
+            self._flush(tile.row)
+
+    def _flush(self, r: int) -> None:
+        band, added = self._bands.pop(r), self._added.pop(r)
+        a = self.grid.rows[r]
+        rows = slice(a.core_start, a.core_stop)
+        if len(added) == len(self.grid.cols):  # the whole band in one write
+            spans = [(0, self.grid.width)]
+        else:  # a row partly done by an earlier run: leave its finished tiles alone
+            spans = [(int(t.core.col_off), int(t.core.col_off + t.core.width)) for t in added]
+        for c0, c1 in spans:
+            self.scratch.classes[rows, c0:c1] = band["classes"][:, c0:c1]
+            if self.scratch.probs is not None:
+                self.scratch.probs[:, rows, c0:c1] = band["probs"][:, :, c0:c1]
+        for t in added:
+            self.scratch.mark_done(t.row, t.col)
 
 
 def ramp_weights(axis: list[AxisTile], i: int, margin: int, lo: int, hi: int) -> np.ndarray:
