@@ -174,7 +174,7 @@ def test_inferer_stats_and_one_shallow_run_per_tile(inria_rgb, weights):
     pre = Preprocess(make_scaler(reader), net.info.mean, net.info.std)
     events = []
     inf.prepare(reader, pre, grid, lambda e, d, t: events.append(e) if e.startswith("phase") else None)
-    run_tiles(reader, grid, inf, pre, MemoryScratch(640, 640, 3, grid.shape, False, False))
+    run_tiles(reader, grid, inf, MemoryScratch(640, 640, 3, grid.shape, False, False))
     assert inf.stats.tiles_computed == len(grid) and inf.stats.tiles_recomputed == 0
     assert events == ["phase:deep branch", "phase:shallow pass", "phase:fusion pass"]
     inf.close()

@@ -91,7 +91,7 @@ class TileData:
         return None if self.x is None else tuple(self.x.shape)
 
 
-def _read_tile(reader: RasterReader, t: Tile, preprocess: Preprocess, want_pixels: bool) -> TileData:
+def _read_tile(reader: RasterReader, t: Tile, want_pixels: bool) -> TileData:
     valid = reader.read_mask(t.read)
     if valid is not None:
         sr, sc = t.core_in_tile
@@ -101,7 +101,7 @@ def _read_tile(reader: RasterReader, t: Tile, preprocess: Preprocess, want_pixel
     return TileData(t, x, valid)
 
 
-def _reader_thread(reader: RasterReader, tiles: list[Tile], preprocess: Preprocess, out: queue.Queue,
+def _reader_thread(reader: RasterReader, tiles: list[Tile], out: queue.Queue,
                    stop: threading.Event, stats: EngineStats, needs_pixels: Callable[[Tile], bool]) -> None:
     t = tiles[0] if tiles else None
     try:
@@ -109,7 +109,7 @@ def _reader_thread(reader: RasterReader, tiles: list[Tile], preprocess: Preproce
             if stop.is_set():
                 break
             t0 = time.perf_counter()
-            item = _read_tile(reader, t, preprocess, needs_pixels(t))
+            item = _read_tile(reader, t, needs_pixels(t))
             stats.read_seconds += time.perf_counter() - t0
             _offer(out, stop, item)
     except UhrError as exc:
@@ -126,11 +126,11 @@ def _reader_thread(reader: RasterReader, tiles: list[Tile], preprocess: Preproce
     _offer(out, stop, _STOP)
 
 
-def prefetch_tiles(reader: RasterReader, tiles: list[Tile], preprocess: Preprocess, depth: int = 2) -> Iterator[tuple[Tile, np.ndarray | None, np.ndarray | None]]:
+def prefetch_tiles(reader: RasterReader, tiles: list[Tile], depth: int = 2) -> Iterator[tuple[Tile, np.ndarray | None, np.ndarray | None]]:
     """(tile, raw pixels or None if all nodata, validity) in order, read ahead on a thread."""
     q: queue.Queue = queue.Queue(maxsize=max(1, depth))
     stop = threading.Event()
-    th = threading.Thread(target=_reader_thread, args=(reader, tiles, preprocess, q, stop, EngineStats(),
+    th = threading.Thread(target=_reader_thread, args=(reader, tiles, q, stop, EngineStats(),
                                                        lambda t: True),
                           daemon=True, name="uhr-prefetch")
     th.start()
@@ -167,7 +167,7 @@ def _writer_thread(merger, inq: queue.Queue, stats: EngineStats, errors: list, o
             return
 
 
-def run_tiles(reader: RasterReader, grid: TileGrid, predictor, preprocess: Preprocess, scratch: Scratch,
+def run_tiles(reader: RasterReader, grid: TileGrid, predictor, scratch: Scratch,
               merge: str = "crop", batch_size: int = 1, prefetch: int = 2,
               on_tile: Callable[[Tile], None] | None = None, blend_margin: int | None = None) -> EngineStats:
     """Run every pending tile of `grid` through `predictor` (an uhrcli.inference inferer) into `scratch`."""
@@ -189,7 +189,7 @@ def run_tiles(reader: RasterReader, grid: TileGrid, predictor, preprocess: Prepr
     writeq: queue.Queue = queue.Queue(maxsize=max(2, prefetch * batch_size))
     stop = threading.Event()
     errors: list[BaseException] = []
-    rt = threading.Thread(target=_reader_thread, args=(reader, tiles, preprocess, readq, stop, stats,
+    rt = threading.Thread(target=_reader_thread, args=(reader, tiles, readq, stop, stats,
                                                        predictor.needs_pixels), daemon=True, name="uhr-reader")
     wt = threading.Thread(target=_writer_thread, args=(merger, writeq, stats, errors, on_tile), daemon=True,
                           name="uhr-writer")

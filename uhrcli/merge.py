@@ -12,8 +12,11 @@ blend weights each tile with a raised-cosine ramp across every seam between
 from __future__ import annotations
 
 import math
-import numpy as np
 
+import numpy as np
+import torch
+
+from .inference import class_map
 from .io.writers import NODATA
 from .scratch import Scratch
 from .tiling import AxisTile, Tile, TileGrid, window_slices
@@ -30,13 +33,8 @@ def encode(probs: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
         cls = probs[0].copy()
     elif probs.shape[0] == 1:
         cls = (probs[0] >= 0.5).astype(np.uint8)
-    else:  # argmax over the classes (first on ties) as a running maximum: faster than argmax(0)
-        cls = np.zeros(probs.shape[1:], np.uint8)
-        best = probs[0].copy()
-        for k in range(1, probs.shape[0]):
-            better = probs[k] > best
-            cls[better] = k
-            np.maximum(best, probs[k], out=best)
+    else:  # the inferers' own argmax (first on ties), which orders probabilities as it orders logits
+        cls = class_map(torch.from_numpy(np.ascontiguousarray(probs))[None])[0, 0].numpy()
     if valid is not None:
         cls[~valid] = NODATA
     return cls

@@ -244,7 +244,7 @@ def _segment_locked(src: Path, target: Path, fmt: str, outputs: list[Path], ppat
                     scratch.group.attrs["inferer_state"] = new_state
             if progress:
                 progress("phase:tiles", 0, total)
-            stats = run_tiles(reader, grid, inferer, preprocess, scratch, merge=opts.merge,
+            stats = run_tiles(reader, grid, inferer, scratch, merge=opts.merge,
                               batch_size=opts.batch_size,
                               on_tile=(lambda t: progress("tile", int(t.core.width * t.core.height), 0)) if progress else None)
             stats.extra.update({"tile": grid.tile_h, "halo": grid.halo, "tiles": len(grid),

@@ -229,7 +229,7 @@ class BiPathInferer:
         if progress:
             progress("phase:shallow pass", 0, self.H * self.W)
         live = []
-        for t, x, _ in prefetch_tiles(reader, tiles, preprocess):
+        for t, x, _ in prefetch_tiles(reader, tiles):
             if x is not None:
                 win = self.windows(t)
                 s8, s16, part = self._spatial(x, t, win)
@@ -250,7 +250,7 @@ class BiPathInferer:
         if progress:
             progress("phase:fusion pass", 0, self.H * self.W)
         missing = [t for t in live if (t.row, t.col) not in self._cache]
-        reread = prefetch_tiles(reader, missing, preprocess) if missing else iter(())
+        reread = prefetch_tiles(reader, missing) if missing else iter(())
         c8_sum: dict[str, Any] = {}
         for t in live:
             win = self.windows(t)

@@ -63,7 +63,7 @@ def infer_raster(model: torch.nn.Module, reader: RasterReader, *, device: torch.
                             masked=reader.meta.mask_kind != "none")
     try:
         inferer.prepare(reader, pre, grid, progress)
-        stats = run_tiles(reader, grid, inferer, pre, scratch, merge=merge, batch_size=batch_size)
+        stats = run_tiles(reader, grid, inferer, scratch, merge=merge, batch_size=batch_size)
     finally:
         inferer.close()
     return Prediction(scratch.classes, scratch.probs, stats)
