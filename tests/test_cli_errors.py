@@ -141,15 +141,16 @@ def test_unwritable_output_folder(tmp_path, good_tif):
 
 
 def test_full_disk_leaves_nothing(tmp_path, good_tif, monkeypatch):
-    """ENOSPC while writing the final file: one clear error, no partial output, the scratch kept for --resume."""
+    """ENOSPC while writing the output (streamed as tiles finish): one clear error, no partial output, the
+    scratch kept for --resume."""
     from uhrcli.errors import OutputError
-    from uhrcli.io import writers
+    from uhrcli.io.stream import GeoTiffStream
     from uhrcli.segment import segment
 
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(writers, "write_geotiff", full)
+    monkeypatch.setattr(GeoTiffStream, "write", full)
     out = tmp_path / "out.tif"
     with pytest.raises(OutputError, match="disk full writing .*rerun with --resume"):
         segment(str(good_tif), out, model="fcn-tiny", weights="random", tile=128)

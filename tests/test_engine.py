@@ -225,6 +225,7 @@ def test_resume_after_interrupt_is_byte_identical(tmp_path, inria_rgb, fcn_weigh
         segment(str(src), out, weights=str(fcn_weights), tile=96, merge=merge, probs=True,
                 progress=_interrupt_after(7))
     assert not out.exists(), "no output before the run completes"
+    assert not list(tmp_path.glob(".*uhr-tmp*")), "the streamed output's temporary file goes with the interruption"
     from uhrcli.errors import OutputError
 
     with pytest.raises(OutputError, match="--resume"):

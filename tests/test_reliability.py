@@ -90,9 +90,9 @@ def small_fs(tmp_path):
 
 FILL_AND_RUN = r"""
 import os, sys
-from uhrcli.io import writers
-real = writers.write_geotiff
-def fill_then_write(*a, **k):  # the disk fills just as the final GeoTIFF is written
+from uhrcli.io.stream import GeoTiffStream
+real = GeoTiffStream.close
+def fill_then_close(*a, **k):  # the disk fills just as the GeoTIFF is flushed and closed
     with open(os.path.join({mnt!r}, "filler"), "wb") as f:
         try:
             while True:
@@ -100,7 +100,7 @@ def fill_then_write(*a, **k):  # the disk fills just as the final GeoTIFF is wri
         except OSError:
             pass
     return real(*a, **k)
-writers.write_geotiff = fill_then_write
+GeoTiffStream.close = fill_then_close
 sys.argv = ["uhr"] + {args!r}
 from uhrcli.cli import main
 main()

@@ -19,7 +19,7 @@ import numpy as np
 from .errors import InputError, UhrError, first_line
 from .io.readers import RasterReader
 from .io.scaling import Scaler, normalise
-from .merge import BlendMerger, CropMerger
+from .merge import BlendMerger, CropMerger, RowsOut
 from .proc import trim_heap
 from .scratch import Scratch
 from .tiling import Tile, TileGrid, window_slices
@@ -169,13 +169,22 @@ def _writer_thread(merger, inq: queue.Queue, stats: EngineStats, errors: list, o
 
 def run_tiles(reader: RasterReader, grid: TileGrid, predictor, scratch: Scratch,
               merge: str = "crop", batch_size: int = 1, prefetch: int = 2,
-              on_tile: Callable[[Tile], None] | None = None, blend_margin: int | None = None) -> EngineStats:
-    """Run every pending tile of `grid` through `predictor` (an uhrcli.inference inferer) into `scratch`."""
+              on_tile: Callable[[Tile], None] | None = None, blend_margin: int | None = None,
+              out: RowsOut | None = None) -> EngineStats:
+    """Run every pending tile of `grid` through `predictor` (an uhrcli.inference inferer) into `scratch`.
+
+    out(r0, r1, classes, probs), when given, receives every finished row band as well, in row order: the rows
+    an earlier run finished first (read from `scratch`), then this run's as they are merged."""
     stats = EngineStats()
     if merge == "blend":
-        merger: CropMerger | BlendMerger = BlendMerger(grid, scratch, predictor.num_classes, margin=blend_margin)
+        merger: CropMerger | BlendMerger = BlendMerger(grid, scratch, predictor.num_classes, margin=blend_margin,
+                                                       out=out)
     else:
-        merger = CropMerger(grid, scratch)
+        merger = CropMerger(grid, scratch, out=out)
+    if out is not None:
+        probs = scratch.probs
+        for r0, r1 in merger.finished_bands():
+            out(r0, r1, np.asarray(scratch.classes[r0:r1]), None if probs is None else np.asarray(probs[:, r0:r1]))
     tiles = merger.pending()
     predictor.classes_only = merge == "crop" and scratch.probs is None
     predictor.out_margin = merger.margin

@@ -12,6 +12,7 @@ blend weights each tile with a raised-cosine ramp across every seam between
 from __future__ import annotations
 
 import math
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ from .io.writers import NODATA
 from .scratch import Scratch
 from .tiling import AxisTile, Tile, TileGrid, window_slices
 
+RowsOut = Callable[[int, int, np.ndarray, Optional[np.ndarray]], None]  # (r0, r1, classes, probs or None)
 
 
 def to_uint8_probs(p: np.ndarray) -> np.ndarray:
@@ -48,13 +50,14 @@ class CropMerger:
     read-modify-write of every chunk a tile's core straddles (23 ms per MP of
     waiting on the store, tile by tile, on a 36 MP map). A band's tiles are
     recorded as done when it is written, so an interrupted run redoes at most
-    one tile row.
+    one tile row. `out(r0, r1, classes, probs)`, when given, receives every
+    finished band too (the streamed GeoTIFF outputs), whole rows at a time.
     """
 
     margin = 0
 
-    def __init__(self, grid: TileGrid, scratch: Scratch):
-        self.grid, self.scratch = grid, scratch
+    def __init__(self, grid: TileGrid, scratch: Scratch, out: RowsOut | None = None):
+        self.grid, self.scratch, self.out = grid, scratch, out
         self._left: dict[int, int] = {}
         self._bands: dict[int, dict[str, np.ndarray]] = {}  # open bands (tiles may land a little out of order)
         self._added: dict[int, list[Tile]] = {}
@@ -66,6 +69,11 @@ class CropMerger:
         for t in tiles:
             self._left[t.row] = self._left.get(t.row, 0) + 1
         return tiles
+
+    def finished_bands(self) -> list[tuple[int, int]]:
+        """Rows an earlier run finished (every tile of their band done), in the order a run writes them."""
+        done = self.scratch.done_tiles()
+        return [(a.core_start, a.core_stop) for r, a in enumerate(self.grid.rows) if done[r].all()]
 
     def _band(self, r: int) -> dict[str, np.ndarray]:
         if r not in self._bands:
@@ -107,6 +115,13 @@ class CropMerger:
             self.scratch.classes[rows, c0:c1] = band["classes"][:, c0:c1]
             if self.scratch.probs is not None:
                 self.scratch.probs[:, rows, c0:c1] = band["probs"][:, :, c0:c1]
+        if self.out is not None:
+            if len(spans) == 1 and spans[0] == (0, self.grid.width):
+                self.out(rows.start, rows.stop, band["classes"], band.get("probs"))
+            else:  # the band's other tiles are in the store
+                probs = self.scratch.probs
+                self.out(rows.start, rows.stop, np.asarray(self.scratch.classes[rows]),
+                         None if probs is None else np.asarray(probs[:, rows]))
         for t in added:
             self.scratch.mark_done(t.row, t.col)
 
@@ -140,8 +155,9 @@ def blend_margin(grid: TileGrid, requested: int | None = None) -> int:
 class BlendMerger:
     """Weighted accumulation with one zarr accumulator per tile row (K probs + weight sum)."""
 
-    def __init__(self, grid: TileGrid, scratch: Scratch, num_classes: int, margin: int | None = None):
-        self.grid, self.scratch, self.k = grid, scratch, num_classes
+    def __init__(self, grid: TileGrid, scratch: Scratch, num_classes: int, margin: int | None = None,
+                 out: RowsOut | None = None):
+        self.grid, self.scratch, self.k, self.out = grid, scratch, num_classes, out
         self.m = self.margin = blend_margin(grid, margin)
         self._acc: dict[int, object] = {}
         self._row_left: dict[int, int] = {}
@@ -158,6 +174,11 @@ class BlendMerger:
         for r in range(start, len(self.grid.rows)):
             self.scratch.drop_accumulator(r)
         return [t for t in self.grid if t.row >= start]
+
+    def finished_bands(self) -> list[tuple[int, int]]:
+        """Rows an earlier run finalised, in the order a run writes them."""
+        bands = [self._final_rows(r) for r in range(self.scratch.finalized_rows)]
+        return [(a, b) for a, b in bands if b > a]
 
     def _accumulator(self, r: int):
         if r not in self._acc:
@@ -204,6 +225,10 @@ class BlendMerger:
         if f1 > f0:
             W = self.grid.width
             step = max(1, self.grid.tile_w)
+            whole = None
+            if self.out is not None:  # the finished rows, whole, for the streamed outputs
+                whole = (np.empty((f1 - f0, W), np.uint8),
+                         None if self.scratch.probs is None else np.empty((self.k, f1 - f0, W), np.uint8))
             for c0 in range(0, W, step):
                 c1 = min(W, c0 + step)
                 total = np.zeros((self.k + 1, f1 - f0, c1 - c0), np.float32)
@@ -221,11 +246,18 @@ class BlendMerger:
                 if self.scratch.valid is not None:
                     valid = np.asarray(self.scratch.valid[f0:f1, c0:c1]).astype(bool)
                 valid = (wsum > 0) if valid is None else (valid & (wsum > 0))
-                self.scratch.classes[f0:f1, c0:c1] = encode(p, valid)
+                cls = encode(p, valid)
+                self.scratch.classes[f0:f1, c0:c1] = cls
+                if whole is not None:
+                    whole[0][:, c0:c1] = cls
                 if self.scratch.probs is not None:
                     q = to_uint8_probs(p)
                     q[:, ~valid] = 0
                     self.scratch.probs[:, f0:f1, c0:c1] = q
+                    if whole is not None and whole[1] is not None:
+                        whole[1][:, :, c0:c1] = q
+            if whole is not None and self.out is not None:
+                self.out(f0, f1, whole[0], whole[1])
         self.scratch.finalized_rows = r + 1
         if r - 1 >= 0:
             self.scratch.drop_accumulator(r - 1)

@@ -366,7 +366,8 @@ def _write_huge(p: Prepared, logits: torch.Tensor, threshold: float, bit_depth: 
                     done.append((tmp, target))
                     dtype = "uint16" if (kind == "map" and bit_depth == 16) else "uint8"
                     prof = W.geotiff_profile(p.height, p.width, 1, dtype, meta.crs if meta else None,
-                                             meta.transform if meta else None)
+                                             meta.transform if meta else None,
+                                             predictor=2 if kind == "map" else None)
                     dsts[kind] = rasterio.open(tmp, "w", **prof)
                 last: dict[str, tuple[int, int, np.ndarray]] = {}
                 for r0, r1, rows in upsample_strips(small, p.height, p.width, W.STRIP):

@@ -126,11 +126,15 @@ class Scratch:
         except OSError as exc:
             raise OutputError(f"cannot create scratch store {path}: {exc.strerror or exc}") from None
         ch = (min(chunk[0], height), min(chunk[1], width))
-        g.create_array("classes", shape=(height, width), chunks=ch, dtype="uint8", fill_value=255)
+        # every chunk is written once and is rarely all fill: zarr's check for empty chunks scanned each one
+        # (2.1 ms per MP, half the cost of writing the class map)
+        cfg = {"write_empty_chunks": True}
+        g.create_array("classes", shape=(height, width), chunks=ch, dtype="uint8", fill_value=255, config=cfg)
         if probs:
-            g.create_array("probs", shape=(num_classes, height, width), chunks=(1,) + ch, dtype="uint8", fill_value=0)
+            g.create_array("probs", shape=(num_classes, height, width), chunks=(1,) + ch, dtype="uint8", fill_value=0,
+                           config=cfg)
         if masked:
-            g.create_array("valid", shape=(height, width), chunks=ch, dtype="uint8", fill_value=1)
+            g.create_array("valid", shape=(height, width), chunks=ch, dtype="uint8", fill_value=1, config=cfg)
         g.create_array("done", shape=grid_shape, chunks=(1, grid_shape[1]), dtype="uint8", fill_value=0)
         g.attrs.update({"fingerprint": fingerprint, "finalized_rows": 0})
         return cls(path, g)

@@ -22,6 +22,7 @@ from .io.inputs import expand_inputs, is_zarr_store
 from .io.readers import RasterReader, open_reader
 from .io.scaling import make_scaler
 from .io import writers as W
+from .io.stream import MapStreams
 from .featcache import CacheBudget
 from .inference import InferOptions
 from .inference.raster import inferer_report, plan
@@ -235,6 +236,7 @@ def _segment_locked(src: Path, target: Path, fmt: str, outputs: list[Path], ppat
         total = reader.height * reader.width
         if progress:
             progress("start", 0, total)
+        streams = None
         try:
             state = scratch.group.attrs.get("inferer_state") if resumed else None
             pending = int(len(grid) - scratch.done_tiles().sum())
@@ -242,18 +244,19 @@ def _segment_locked(src: Path, target: Path, fmt: str, outputs: list[Path], ppat
                 new_state = inferer.prepare(reader, preprocess, grid, progress, state=state)
                 if new_state is not None:
                     scratch.group.attrs["inferer_state"] = new_state
-            if progress:
-                progress("phase:tiles", 0, total)
-            stats = run_tiles(reader, grid, inferer, scratch, merge=opts.merge,
-                              batch_size=opts.batch_size,
-                              on_tile=(lambda t: progress("tile", int(t.core.width * t.core.height), 0)) if progress else None)
-            stats.extra.update({"tile": grid.tile_h, "halo": grid.halo, "tiles": len(grid),
-                                "inferer": inferer_report(inferer)})
             spec = W.OutputSpec(
                 height=reader.height, width=reader.width, class_names=info.class_names, palette=info.palette,
                 crs=reader.meta.crs, transform=reader.meta.transform,
                 tags={"model": info.name, "software": f"uhr {__version__}"},
             )
+            streams = _open_streams(spec, target, fmt, ppath, info.num_classes)
+            if progress:
+                progress("phase:tiles", 0, total)
+            stats = run_tiles(reader, grid, inferer, scratch, merge=opts.merge,
+                              batch_size=opts.batch_size, out=streams.rows if streams is not None else None,
+                              on_tile=(lambda t: progress("tile", int(t.core.width * t.core.height), 0)) if progress else None)
+            stats.extra.update({"tile": grid.tile_h, "halo": grid.halo, "tiles": len(grid),
+                                "inferer": inferer_report(inferer)})
             extra = []
             if preview is not None:
                 from .io.preview import write_preview
@@ -262,12 +265,15 @@ def _segment_locked(src: Path, target: Path, fmt: str, outputs: list[Path], ppat
                 write_preview(tmp_preview, reader, lambda d: np.clip(scaler(d), 0, 255).astype(np.uint8),
                               lambda a, b, step: np.asarray(scratch.classes[a:b:step, ::step]), info.palette)
                 extra.append((tmp_preview, preview))
-            _finalize(scratch, spec, target, fmt, ppath, info.num_classes, extra)
+            _finalize(scratch, spec, target, fmt, ppath, info.num_classes, extra, streams)
+            streams = None
             scratch.mark_moved()
         except InputError:
             scratch.remove()  # the input itself is broken: resuming cannot help
             raise
         finally:
+            if streams is not None:  # stopped before the outputs were finished: half-written files go
+                streams.abort()
             if progress:
                 progress("end", 0, 0)
         scratch.remove()
@@ -296,9 +302,44 @@ def _already_done(src: Path, target: Path, ppath: Path | None, opts: SegmentOpti
                          resumed=True, notes=["already complete"])
 
 
+def _open_streams(spec: W.OutputSpec, target: Path, fmt: str, ppath: Path | None, k: int) -> MapStreams | None:
+    """GeoTIFF and COG outputs are written while the tiles run (COG from a GeoTIFF stage); zarr and PNG after."""
+    if fmt not in ("tif", "cog"):
+        return None
+    tmps = [W.temp_path(p) if p is not None else None for p in (target, ppath)]
+    if fmt == "cog":
+        tmps = [t.with_name(t.name + ".stage.tif") if t is not None else None for t in tmps]
+    return MapStreams(spec, tmps[0], tmps[1], k)
+
+
 def _finalize(scratch: Scratch, spec: W.OutputSpec, target: Path, fmt: str, ppath: Path | None, k: int,
-              extra: list[tuple[Path, Path]] | None = None) -> None:
-    """Scratch -> final files under temporary names (read back), then move them into place together."""
+              extra: list[tuple[Path, Path]] | None = None, streams: MapStreams | None = None) -> None:
+    """Finish the outputs under temporary names (read back), then move them into place together.
+
+    Streamed outputs (GeoTIFF, COG) are closed here; zarr and PNG are written now from the scratch store."""
+    if streams is not None:
+        tmps: list[tuple[Path, Path]] = list(extra or [])
+        try:
+            streams.close()
+            for s, final in ((streams.classes, target), (streams.probs, ppath)):
+                if s is None or final is None:
+                    continue
+                if fmt == "cog":
+                    tmp = W.temp_path(final)
+                    tmps.append((tmp, final))
+                    W.to_cog(s.tmp, tmp, resampling="MODE" if s is streams.classes else "AVERAGE",
+                             predictor=s is not streams.classes)
+                    W.discard(s.tmp)
+                else:
+                    tmps.append((s.tmp, final))
+            for tmp, final in tmps:
+                W.commit(tmp, final)
+        except BaseException:
+            streams.abort()
+            for tmp, _ in tmps:
+                W.discard(tmp)
+            raise
+        return
     classes = lambda a, b: np.asarray(scratch.classes[a:b])  # noqa: E731
     probs = (lambda a, b: np.asarray(scratch.probs[:, a:b])) if scratch.probs is not None else None  # noqa: E731
     tmp_main = W.temp_path(target)
@@ -317,21 +358,7 @@ def _finalize(scratch: Scratch, spec: W.OutputSpec, target: Path, fmt: str, ppat
                 W.write_png(tmp_p, spec, img, palette=False)
                 tmps.append((tmp_p, ppath))
         else:
-            gtiff_tmp = tmp_main if fmt == "tif" else tmp_main.with_name(tmp_main.name + ".stage.tif")
-            W.write_geotiff(gtiff_tmp, spec, classes, 1, colormap=True, descriptions=["class"], nodata=spec.nodata)
-            if fmt == "cog":
-                W.to_cog(gtiff_tmp, tmp_main, resampling="MODE")
-                W.discard(gtiff_tmp)
-            tmps.append((tmp_main, target))
-            if ppath is not None and probs is not None:
-                tmp_p = W.temp_path(ppath)
-                stage = tmp_p if fmt == "tif" else tmp_p.with_name(tmp_p.name + ".stage.tif")
-                W.write_geotiff(stage, spec, probs, k, colormap=False,
-                                descriptions=[f"p({n})" for n in spec.class_names], nodata=None)
-                if fmt == "cog":
-                    W.to_cog(stage, tmp_p, resampling="AVERAGE")
-                    W.discard(stage)
-                tmps.append((tmp_p, ppath))
+            raise ValueError(f"{fmt} outputs are streamed (see _open_streams)")
         for tmp, final in tmps:
             W.commit(tmp, final)
     except BaseException:

@@ -31,10 +31,11 @@ GDAL_ENV = {"GDAL_CACHEMAX": 64, "GDAL_NUM_THREADS": "ALL_CPUS", "GDAL_DISABLE_R
 
 
 @contextlib.contextmanager
-def quiet_libtiff() -> Iterator[None]:
+def quiet_libtiff(drop: bool = False) -> Iterator[None]:
     """libtiff (inside GDAL) prints its errors straight to the process's stderr, a line per failed block: a
     full disk prints dozens. While GDAL writes, fd 2 goes to a file; afterwards what was printed is put
-    back, less libtiff's and GDAL's lines when the write failed (uhr then reports it in one line)."""
+    back, less libtiff's and GDAL's lines when the write failed (uhr then reports it in one line) or when
+    `drop` says the file is being thrown away."""
     if os.environ.get("UHR_DEBUG") == "1":
         yield
         return
@@ -56,7 +57,7 @@ def quiet_libtiff() -> Iterator[None]:
             os.close(saved)
             buf.seek(0)
             text = buf.read().decode(errors="replace")
-            if failed:
+            if failed or drop:
                 text = "".join(ln for ln in text.splitlines(keepends=True) if not _GDAL_LINE.match(ln))
             if text:
                 sys.stderr.write(text)

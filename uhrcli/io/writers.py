@@ -7,7 +7,6 @@ half-written output where a finished one is expected.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import shutil
 import warnings
@@ -24,6 +23,7 @@ FORMATS = ("tif", "cog", "zarr", "png")
 NODATA = 255
 PNG_MAX_PIXELS = 100_000_000
 STRIP = 512
+DEFLATE_LEVEL = 3
 
 
 @dataclass
@@ -135,14 +135,24 @@ def strips(height: int, step: int = STRIP) -> Iterator[tuple[int, int]]:
 
 
 def geotiff_profile(height: int, width: int, count: int, dtype: str = "uint8", crs: Any = None, transform: Any = None,
-                    nodata: int | None = None, compress: str = "deflate", block: int = 512) -> dict[str, Any]:
-    """Every GeoTIFF uhr writes: tiled (512), deflate with the horizontal predictor, BigTIFF when needed."""
+                    nodata: int | None = None, compress: str = "deflate", block: int = 512,
+                    predictor: int | None = 2) -> dict[str, Any]:
+    """Every GeoTIFF uhr writes: tiled (512), deflate at level 3, BigTIFF when needed.
+
+    Level 3, not GDAL's 6: on a 36 MP class map it compressed 5x faster (5.5 against 26.8 ms per MP) for a
+    file 6% larger. The horizontal predictor helps continuous values (probabilities, saliency) and hurts
+    categories (class maps, masks: 9% larger and slower), so class maps pass predictor=None.
+    """
     big = height * width * count * np.dtype(dtype).itemsize > 3_500_000_000
     prof: dict[str, Any] = dict(
         driver="GTiff", width=width, height=height, count=count, dtype=dtype,
-        tiled=True, blockxsize=block, blockysize=block, compress=compress, predictor=2,
+        tiled=True, blockxsize=block, blockysize=block, compress=compress,
         bigtiff="YES" if big else "IF_SAFER", nodata=nodata,
     )
+    if compress.lower() == "deflate":
+        prof["zlevel"] = DEFLATE_LEVEL
+    if predictor:
+        prof["predictor"] = predictor
     if crs is not None:
         prof["crs"] = crs
     if transform is not None:
@@ -175,41 +185,14 @@ def verify_raster(path: Path, height: int, width: int, count: int, last: tuple[i
         raise ReadBackError(f"it does not read back: {first_line(exc)}") from None
 
 
-def write_geotiff(tmp: Path, spec: OutputSpec, read_strip: Callable[[int, int], np.ndarray], count: int,
-                  colormap: bool, descriptions: list[str], nodata: int | None) -> None:
-    import rasterio
-    from rasterio.errors import NotGeoreferencedWarning
-
-    last = None
-    with warnings.catch_warnings(), quiet_libtiff():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        prof = geotiff_profile(spec.height, spec.width, count, "uint8", spec.crs, spec.transform, nodata, spec.compress)
-        with gdal_env(GDAL_CACHEMAX=64), rasterio.open(tmp, "w", **prof) as dst:
-            for r0, r1 in strips(spec.height):
-                block = read_strip(r0, r1)
-                if block.ndim == 2:
-                    block = block[None]
-                dst.write(block, window=((r0, r1), (0, spec.width)))
-                last = (r0, r1, block)
-            if colormap:
-                cmap = {i: tuple(c) + (255,) for i, c in enumerate(spec.palette)}
-                cmap[spec.nodata] = (0, 0, 0, 0)
-                dst.write_colormap(1, cmap)
-            for i, d in enumerate(descriptions, start=1):
-                dst.set_band_description(i, d)
-            tags = {"class_names": json.dumps(list(spec.class_names)), **spec.tags}
-            tags.update({f"class_{i}": n for i, n in enumerate(spec.class_names)})
-            dst.update_tags(**tags)
-        verify_raster(tmp, spec.height, spec.width, count, last)
-
-
-def to_cog(src: Path, tmp: Path, resampling: str) -> None:
-    """Re-pack a tiled GeoTIFF as a Cloud Optimized GeoTIFF with overviews."""
+def to_cog(src: Path, tmp: Path, resampling: str, predictor: bool = True) -> None:
+    """Re-pack a tiled GeoTIFF as a Cloud Optimized GeoTIFF with overviews (predictor: as geotiff_profile's)."""
     import rasterio
     from rasterio.shutil import copy as rio_copy
 
     with quiet_libtiff(), gdal_env(GDAL_CACHEMAX=64, GDAL_NUM_THREADS="ALL_CPUS"):
-        rio_copy(src, tmp, driver="COG", COMPRESS="DEFLATE", PREDICTOR="YES", BLOCKSIZE=512,
+        rio_copy(src, tmp, driver="COG", COMPRESS="DEFLATE", LEVEL=DEFLATE_LEVEL,
+                 PREDICTOR="YES" if predictor else "NO", BLOCKSIZE=512,
                  OVERVIEW_RESAMPLING=resampling, BIGTIFF="IF_SAFER")
         with rasterio.open(src) as s:
             r0 = max(0, s.height - STRIP)
