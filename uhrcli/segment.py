@@ -21,12 +21,13 @@ from .proc import bound_heap, peak_rss_mb
 from .errors import InputError, OutputError, UsageError
 from .io.inputs import expand_inputs, is_zarr_store
 from .io.readers import RasterReader, open_reader
-from .io.scaling import make_scaler
+from .io.radiometry import choose_scaler
 from .io import writers as W
 from .featcache import CacheBudget
 from .inference import InferOptions
 from .inference.raster import inferer_report, plan
 from .models import build_model, list_models
+from .models.checkpoint import checkpoint_metadata
 from .models.fuse import fold_batchnorm
 from .scratch import OutputLock, Scratch, file_identity, scratch_path, weights_digest
 from .tiling import BORDERS
@@ -54,6 +55,7 @@ class SegmentResult:
     peak_rss_mb: float
     resumed: bool = False
     notes: list[str] = field(default_factory=list)
+    scaling: str = ""  # the pixel scaling used (Scaler.describe())
 
     @property
     def mpix_per_s(self) -> float:
@@ -83,6 +85,8 @@ class SegmentOptions:
     cache_disk: int | None = None  # bytes of disk for them (None: default)
     cache_device: int | None = None  # bytes of device memory (CUDA; None: a quarter of what is free)
     cache_dir: str | os.PathLike | None = None  # folder of the disk tier (None: beside the output)
+    scaling_record: dict | None = None  # how the training data were scaled (None: the checkpoint's record)
+    on_note: Callable[[str], Any] | None = None  # one-line notes (the scaling chosen), as they happen
 
 
 def cache_budget(opts: SegmentOptions, device: torch.device, default_dir: Path | None) -> CacheBudget:
@@ -181,6 +185,8 @@ def segment(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str
     if opts.fold_bn:
         fold_batchnorm(net.eval())
     wdigest = weights_digest(weights)
+    if opts.scaling_record is None:
+        opts = replace_options(opts, scaling_record=checkpoint_metadata(weights).get("extra", {}).get("scaling") or {})
     if many:
         output.mkdir(parents=True, exist_ok=True)
 
@@ -233,7 +239,9 @@ def _segment_locked(src: Path, target: Path, fmt: str, outputs: list[Path], ppat
         _check_bands(reader, info)
         if reader.height * reader.width > BOUND_HEAP_PIXELS:
             bound_heap()  # RSS stays flat over thousands of tiles (see uhrcli.proc)
-        scaler = make_scaler(reader, opts.stretch)
+        scaler, note = choose_scaler(reader, opts.stretch, opts.scaling_record)
+        if note and opts.on_note is not None:
+            opts.on_note(note)
         preprocess = Preprocess(scaler, info.mean, info.std)
         inferer, grid = plan(net, reader.height, reader.width, dev, InferOptions(
             amp=amp, channels_last=opts.channels_last, border=opts.border,
@@ -303,7 +311,7 @@ def _segment_locked(src: Path, target: Path, fmt: str, outputs: list[Path], ppat
             inferer.close()
         reader.close()
     return SegmentResult(src, target, ppath, reader.height, reader.width, stats, time.perf_counter() - t_start,
-                         peak_rss_mb(), resumed=resumed)
+                         peak_rss_mb(), resumed=resumed, scaling=scaler.describe())
 
 
 def _already_done(src: Path, target: Path, ppath: Path | None, opts: SegmentOptions, t_start: float) -> SegmentResult:

@@ -37,7 +37,9 @@ def segment_cmd(
     probs: bool = typer.Option(False, "--probs", help="Also write per-class probabilities (uint8, x/255)."),
     preview: bool = typer.Option(False, "--preview", help="Also write <name>_preview.png: the class map tinted over the image."),
     bands: Optional[str] = typer.Option(None, "--bands", help="1-based bands to use, e.g. 1,2,3 or 4,3,2."),
-    stretch: str = typer.Option("auto", "--stretch", help="auto, none, minmax or percentile[:LOW,HIGH] for non-8-bit data."),
+    stretch: str = typer.Option("auto", "--stretch", help="Pixel scaling to 0..255: auto (the checkpoint's recorded "
+                                "scaling, else 2-98 percentiles for integers wider than 8 bits), range (the type's "
+                                "full range), none, minmax or percentile[:LOW,HIGH]."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
     resume: bool = typer.Option(False, "--resume", help="Finish interrupted runs from their scratch stores (in a "
                                 "folder: every one, leaving finished outputs as they are)."),
@@ -63,6 +65,11 @@ def segment_cmd(
 
     def on_error(path: Path, msg: str) -> None:
         console_err.print(f"[red]error:[/red] {msg}", highlight=False, soft_wrap=True)
+
+    def on_note(msg: str) -> None:
+        console_err.print(f"[yellow]note:[/yellow] {msg}", highlight=False, soft_wrap=True)
+
+    opts.on_note = on_note
 
     with pixel_progress("segment", not quiet) as cb:
         results = segment([str(p) for p in inputs] if len(inputs) > 1 else str(inputs[0]), output, model=model,
