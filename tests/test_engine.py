@@ -110,7 +110,7 @@ def test_uint16_percentile_stretch_changes_input_scaling(tmp_path, fcn_weights):
     x = Runner(torch.device("cpu"), channels_last=False).pixels(raw, pre)[0].numpy()  # 0..255 (identity norm)
     for b in range(3):  # the band's 2nd and 98th percentiles land on 0 and 255
         assert x[b][raw[b] <= lo[b]].max() == 0 and x[b][raw[b] >= hi[b]].min() > 254.99
-    a = _run(src, tmp_path / "a.zarr", fcn_weights, tile=512, probs=True)
+    a = _run(src, tmp_path / "a.zarr", fcn_weights, tile=512, probs=True, stretch="range")
     b = _run(src, tmp_path / "b.zarr", fcn_weights, tile=512, probs=True, stretch="percentile:2,98")
     _, pa, _ = _zarr_out(a.output)
     _, pb, _ = _zarr_out(b.output)

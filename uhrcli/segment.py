@@ -6,7 +6,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace as replace_options
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -16,17 +16,19 @@ import torch
 from . import __version__
 from .device import default_amp, resolve_device
 from .engine import EngineStats, Preprocess, run_tiles
+from .batch import BatchReport, Job, check_existing, run_batch
 from .proc import bound_heap, peak_rss_mb
 from .errors import InputError, OutputError, UsageError
 from .io.inputs import expand_inputs, is_zarr_store
 from .io.readers import RasterReader, open_reader
-from .io.scaling import make_scaler
+from .io.radiometry import choose_scaler
 from .io import writers as W
 from .io.stream import MapStreams
 from .featcache import CacheBudget
 from .inference import InferOptions
 from .inference.raster import inferer_report, plan
 from .models import build_model, list_models
+from .models.checkpoint import checkpoint_metadata
 from .models.fuse import fold_batchnorm
 from .scratch import OutputLock, Scratch, file_identity, scratch_path, weights_digest
 from .tiling import BORDERS
@@ -54,6 +56,7 @@ class SegmentResult:
     peak_rss_mb: float
     resumed: bool = False
     notes: list[str] = field(default_factory=list)
+    scaling: str = ""  # the pixel scaling used (Scaler.describe())
 
     @property
     def mpix_per_s(self) -> float:
@@ -72,6 +75,7 @@ class SegmentOptions:
     stretch: str = "auto"
     overwrite: bool = False
     resume: bool = False
+    skip_existing: bool = False  # skip inputs whose outputs all exist (finish a batch)
     amp: bool | None = None
     channels_last: bool = True
     fold_bn: bool = True  # fold BatchNorm into convs for inference (about 10% faster for ISDNet on CPU)
@@ -82,6 +86,8 @@ class SegmentOptions:
     cache_disk: int | None = None  # bytes of disk for them (None: default)
     cache_device: int | None = None  # bytes of device memory (CUDA; None: a quarter of what is free)
     cache_dir: str | os.PathLike | None = None  # folder of the disk tier (None: beside the output)
+    scaling_record: dict | None = None  # how the training data were scaled (None: the checkpoint's record)
+    on_note: Callable[[str], Any] | None = None  # one-line notes (the scaling chosen), as they happen
 
 
 def cache_budget(opts: SegmentOptions, device: torch.device, default_dir: Path | None) -> CacheBudget:
@@ -130,11 +136,13 @@ def _check_bands(reader: RasterReader, info) -> None:
 def segment(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str | os.PathLike, *,
             model: str | None = None, weights: str | os.PathLike | None = None, device: str = "auto",
             options: SegmentOptions | None = None, progress: Callable[[str, int, int], Any] | None = None,
-            **kw: Any) -> list[SegmentResult]:
+            on_error: Callable[[Path, str], Any] | None = None, **kw: Any) -> BatchReport[SegmentResult]:
     """Segment one raster (or several, or a folder) into a class map that keeps the georeferencing.
 
     progress(event, done, total) is called with ("start", 0, pixels), ("tile", pixels, 0) and ("end", 0, 0).
-    Keyword options (tile=, halo=, merge=, ...) override `options`.
+    Keyword options (tile=, halo=, merge=, ...) override `options`. Returns the results (a list) with
+    `.failed` [(input, message)] and `.skipped`: in a batch a bad raster is reported (on_error(input,
+    message) as it happens) and the others go on; a single input raises its error.
     """
     opts = options or SegmentOptions()
     for k, v in kw.items():
@@ -152,12 +160,16 @@ def segment(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str
     if opts.batch_size < 1:
         raise UsageError("--batch-size must be >= 1")
     given = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
-    paths = expand_inputs(given, recursive=opts.recursive)
-    many = len(given) > 1 or len(paths) > 1 or any(Path(p).is_dir() and not is_zarr_store(Path(p)) for p in given)
     output = Path(output)
+    many = len(given) > 1 or any(Path(p).is_dir() and not is_zarr_store(Path(p)) for p in given)
+    paths = expand_inputs(given, recursive=opts.recursive, exclude=output if many else None)
+    many = many or len(paths) > 1
     plans = plan_outputs(paths, output, opts.fmt, many)
+    jobs = [Job(src, target, fmt, _outputs(target, fmt, opts), scratch_path(target)) for src, target, fmt in plans]
     if many:
-        output.mkdir(parents=True, exist_ok=True)
+        check_existing(jobs, opts.overwrite, opts.skip_existing, opts.resume)
+    elif opts.overwrite and opts.skip_existing:
+        raise UsageError("--overwrite and --skip-existing contradict each other: pick one")
 
     dev = resolve_device(device)
     amp = default_amp(dev) if opts.amp is None else opts.amp
@@ -174,18 +186,30 @@ def segment(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str
     if opts.fold_bn:
         fold_batchnorm(net.eval())
     wdigest = weights_digest(weights)
+    if opts.scaling_record is None:
+        opts = replace_options(opts, scaling_record=checkpoint_metadata(weights).get("extra", {}).get("scaling") or {})
+    if many:
+        output.mkdir(parents=True, exist_ok=True)
 
-    results = []
-    for src, target, fmt in plans:
-        results.append(_segment_one(src, target, fmt, net, info, wdigest, dev, amp, opts, progress))
-    return results
+    def one(job: Job, replace: bool) -> SegmentResult:
+        o = replace_options(opts, overwrite=True) if replace else opts
+        return _segment_one(job.src, job.target, job.fmt, net, info, wdigest, dev, amp, o, progress)
+
+    return run_batch(jobs, one, many=many, skip_existing=opts.skip_existing, resume=opts.resume, on_error=on_error)
+
+
+def _outputs(target: Path, fmt: str, opts: SegmentOptions) -> list[Path]:
+    """Every file a run writes for one input: the map, then its probabilities and preview if asked for."""
+    ppath = W.probs_path(target, fmt) if opts.probs else None
+    preview = target.with_name(target.stem + "_preview.png") if opts.preview else None
+    return [target] + [p for p in (ppath, preview) if p is not None and p != target]
 
 
 def _segment_one(src: Path, target: Path, fmt: str, net, info, wdigest: str, dev, amp: bool, opts: SegmentOptions,
                  progress) -> SegmentResult:
     ppath = W.probs_path(target, fmt) if opts.probs else None
     preview = target.with_name(target.stem + "_preview.png") if opts.preview else None
-    outputs = [target] + [p for p in (ppath, preview) if p is not None and p != target]
+    outputs = _outputs(target, fmt, opts)
     W.refuse_inputs_as_outputs(outputs, [src])
     W.check_target(target, True)  # the folder exists and is writable (existence is judged under the lock)
     with OutputLock(target):
@@ -216,7 +240,9 @@ def _segment_locked(src: Path, target: Path, fmt: str, outputs: list[Path], ppat
         _check_bands(reader, info)
         if reader.height * reader.width > BOUND_HEAP_PIXELS:
             bound_heap()  # RSS stays flat over thousands of tiles (see uhrcli.proc)
-        scaler = make_scaler(reader, opts.stretch)
+        scaler, note = choose_scaler(reader, opts.stretch, opts.scaling_record)
+        if note and opts.on_note is not None:
+            opts.on_note(note)
         preprocess = Preprocess(scaler, info.mean, info.std)
         inferer, grid = plan(net, reader.height, reader.width, dev, InferOptions(
             amp=amp, channels_last=opts.channels_last, border=opts.border,
@@ -291,7 +317,7 @@ def _segment_locked(src: Path, target: Path, fmt: str, outputs: list[Path], ppat
             inferer.close()
         reader.close()
     return SegmentResult(src, target, ppath, reader.height, reader.width, stats, time.perf_counter() - t_start,
-                         peak_rss_mb(), resumed=resumed)
+                         peak_rss_mb(), resumed=resumed, scaling=scaler.describe())
 
 
 def _already_done(src: Path, target: Path, ppath: Path | None, opts: SegmentOptions, t_start: float) -> SegmentResult:

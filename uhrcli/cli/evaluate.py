@@ -121,7 +121,7 @@ def eval_run(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No table."),
 ) -> None:
     """Segment every image of a dataset with a model, then score all of it against its masks in one go."""
-    from ..errors import UsageError
+    from ..errors import InputError, UsageError
     from ..evaluate import evaluate_pairs
     from ..models import build_model
     from ..segment import segment
@@ -146,6 +146,9 @@ def eval_run(
         else:
             results = segment([str(s.image) for s in spec.samples], out, model=model, weights=weights,
                               device=device, tile=tile, overwrite=True)
+            if results.failed:  # a score needs every image: the first failure ends the evaluation
+                more = f" (and {len(results.failed) - 1} more)" if len(results.failed) > 1 else ""
+                raise InputError(results.failed[0][1] + more)
         pairs = [(r.output, s.mask) for r, s in zip(results, spec.samples)]
         report = evaluate_pairs(pairs, len(names), class_names=names, decoder=spec.decoder, mean_excludes=excludes)
         report.notes = list(spec.notes) + report.notes

@@ -37,25 +37,57 @@ def segment_cmd(
     probs: bool = typer.Option(False, "--probs", help="Also write per-class probabilities (uint8, x/255)."),
     preview: bool = typer.Option(False, "--preview", help="Also write <name>_preview.png: the class map tinted over the image."),
     bands: Optional[str] = typer.Option(None, "--bands", help="1-based bands to use, e.g. 1,2,3 or 4,3,2."),
-    stretch: str = typer.Option("auto", "--stretch", help="auto, none, minmax or percentile[:LOW,HIGH] for non-8-bit data."),
+    stretch: str = typer.Option("auto", "--stretch", help="Pixel scaling to 0..255: auto (the checkpoint's recorded "
+                                "scaling, else 2-98 percentiles for integers wider than 8 bits), range (the type's "
+                                "full range), none, minmax or percentile[:LOW,HIGH]."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
-    resume: bool = typer.Option(False, "--resume", help="Finish an interrupted run from its scratch store."),
+    resume: bool = typer.Option(False, "--resume", help="Finish interrupted runs from their scratch stores (in a "
+                                "folder: every one, leaving finished outputs as they are)."),
+    skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip inputs whose outputs all exist (resume a "
+                                       "folder run)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
 ) -> None:
-    """Segment rasters of any size into georeferenced class maps, tile by tile in bounded memory."""
+    """Segment rasters of any size into georeferenced class maps, tile by tile in bounded memory.
+
+    In a folder run a raster that fails is reported and the others go on; the exit status is 1 when
+    any failed. Existing outputs stop a folder run before any work unless --skip-existing, --resume
+    or --overwrite is given.
+    """
     from ..segment import SegmentOptions, segment
     if weights == "random" and not quiet:
         console_err.print("[yellow]warning:[/yellow] --weights random: an untrained, seeded model; "
                           "the map is meaningless (use it for dry runs and speed tests)", highlight=False)
     opts = SegmentOptions(tile=tile, halo=halo, merge=merge, batch_size=batch_size, fmt=fmt, probs=probs,
                           bands=parse_int_list(bands, "--bands"), stretch=stretch, overwrite=overwrite,
-                          resume=resume, amp=amp, preview=preview, border=border,
+                          resume=resume, skip_existing=skip_existing, amp=amp, preview=preview, border=border,
                           cache_ram=parse_size(cache_ram, "--cache-ram"), cache_disk=parse_size(cache_disk, "--cache-disk"),
                           cache_dir=cache_dir)
+
+    def on_error(path: Path, msg: str) -> None:
+        console_err.print(f"[red]error:[/red] {msg}", highlight=False, soft_wrap=True)
+
+    def on_note(msg: str) -> None:
+        console_err.print(f"[yellow]note:[/yellow] {msg}", highlight=False, soft_wrap=True)
+
+    opts.on_note = on_note
+
     with pixel_progress("segment", not quiet) as cb:
         results = segment([str(p) for p in inputs] if len(inputs) > 1 else str(inputs[0]), output, model=model,
-                          weights=weights, device=device, options=opts, progress=cb)
-    if quiet:
+                          weights=weights, device=device, options=opts, progress=cb, on_error=on_error)
+    if not quiet:
+        _summary(results)
+    if results.failed:
+        console_err.print(f"[red]error:[/red] {len(results.failed)} of "
+                          f"{len(results) + len(results.failed) + len(results.skipped)} raster(s) failed: "
+                          + ", ".join(p.name for p, _ in results.failed), highlight=False, soft_wrap=True)
+        # not typer.Exit: run_app runs click with standalone_mode=False, which would swallow its code
+        raise SystemExit(1)
+
+
+def _summary(results) -> None:
+    if results.skipped:
+        console.print(f"{len(results.skipped)} raster(s) skipped: their outputs exist", highlight=False)
+    if not results:
         return
     table = Table(title=None, show_edge=False, header_style="bold")
     for col in ("input", "output", "size", "seconds", "MP/s", "peak RSS"):

@@ -1,13 +1,16 @@
 """Bring any pixel type to the 0..255 range a model's normalisation expects.
 
 uint8 passes through. Other integer types scale by their full range (uint16:
-x/257), reals are taken as 0..1 reflectance. Sensors rarely use their whole
+x/257; `range`, and `auto` here), reals are taken as 0..1 reflectance. (`uhr segment --stretch auto`
+decides in uhrcli.io.radiometry: the checkpoint's recorded scaling, else a percentile stretch for
+integers wider than 8 bits.) Sensors rarely use their whole
 range, so `percentile` stretches each band between low/high percentiles of a
 spread sample of the image; the same numbers are used for every tile, so the
 stretch never varies across seams.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +30,19 @@ class Scaler:
         x = (x - self.offset[:, None, None]) * self.scale[:, None, None]
         return np.clip(x, 0.0, 255.0)
 
+    @classmethod
+    def from_description(cls, text: str, bands: int) -> "Scaler":
+        """The scaler describe() wrote: 'none' or 'linear [lo, hi], ...' (one pair per band)."""
+        text = text.strip()
+        if text == "none":
+            return cls(np.zeros(bands, np.float32), np.ones(bands, np.float32))
+        pairs = re.findall(r"\[([^,\]]+),\s*([^\]]+)\]", text)
+        if not text.startswith("linear") or len(pairs) != bands:
+            raise UsageError(f"cannot apply the scaling {text!r} to {bands} band(s)")
+        lo = np.array([float(a) for a, _ in pairs], np.float32)
+        hi = np.array([float(b) for _, b in pairs], np.float32)
+        return cls(lo, (255.0 / np.maximum(hi - lo, 1e-12)).astype(np.float32))
+
     def describe(self) -> str:
         if np.all(self.offset == 0) and np.all(self.scale == 1):
             return "none"
@@ -34,7 +50,7 @@ class Scaler:
 
 
 def parse_stretch(text: str | None) -> tuple[str, tuple[float, float]]:
-    """'auto' | 'none' | 'percentile' | 'percentile:2,98' | 'minmax'."""
+    """'auto' | 'none' | 'range' | 'percentile' | 'percentile:2,98' | 'minmax'."""
     text = (text or "auto").strip().lower()
     if text.startswith("percentile"):
         lo, hi = 2.0, 98.0
@@ -46,13 +62,14 @@ def parse_stretch(text: str | None) -> tuple[str, tuple[float, float]]:
         if not 0 <= lo < hi <= 100:
             raise UsageError(f"--stretch {text!r}: need 0 <= LOW < HIGH <= 100")
         return "percentile", (lo, hi)
-    if text in ("auto", "none", "minmax"):
+    if text in ("auto", "none", "minmax", "range"):
         return text, (0.0, 100.0)
-    raise UsageError(f"--stretch must be auto, none, minmax or percentile[:LOW,HIGH], got {text!r}")
+    raise UsageError(f"--stretch must be auto, none, range, minmax or percentile[:LOW,HIGH], got {text!r}")
 
 
 def make_scaler(reader, stretch: str | None = "auto") -> Scaler:
     mode, (lo, hi) = parse_stretch(stretch)
+    mode = "auto" if mode == "range" else mode  # here auto is the type's range
     n = reader.count
     dt = np.dtype(reader.dtype)
     ones, zeros = np.ones(n, np.float32), np.zeros(n, np.float32)

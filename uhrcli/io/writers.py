@@ -39,14 +39,35 @@ class OutputSpec:
     tags: dict[str, str] = field(default_factory=dict)
 
 
+SUFFIX_FORMATS = {".tif": "tif", ".tiff": "tif", ".zarr": "zarr", ".png": "png"}
+FORMAT_SUFFIXES = {"tif": (".tif", ".tiff"), "cog": (".tif", ".tiff"), "zarr": (".zarr",), "png": (".png",)}
+VECTOR_SUFFIXES = (".shp", ".gpkg", ".geojson", ".json", ".fgb", ".parquet", ".geoparquet", ".kml", ".gml")
+ACCEPTED = ".tif/.tiff (GeoTIFF, or a COG with --format cog), .zarr or .png"
+
+
 def infer_format(path: Path, fmt: str | None) -> str:
+    """The raster format of an output name: its suffix decides, --format must agree with it (or name the
+    format of a suffix-less file). Anything else is refused: a .jpg or .shp never holds TIFF bytes."""
+    suffix = path.suffix.lower()
+    if suffix in VECTOR_SUFFIXES:
+        raise UsageError(f"-o {path}: {suffix} is a vector format; -o takes the class raster ({ACCEPTED}) and "
+                         f"polygons are written with --vector FILE")
     if fmt:
         fmt = fmt.lower()
         if fmt not in FORMATS:
             raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        if suffix and suffix not in FORMAT_SUFFIXES[fmt]:
+            raise UsageError(f"-o {path}: the suffix {path.suffix} does not fit --format {fmt} "
+                             f"(name it {path.stem}{FORMAT_SUFFIXES[fmt][0]})")
         return fmt
-    suffix = path.suffix.lower()
-    return {".zarr": "zarr", ".png": "png", ".tif": "tif", ".tiff": "tif"}.get(suffix, "tif")
+    if suffix in SUFFIX_FORMATS:
+        return SUFFIX_FORMATS[suffix]
+    if not suffix:
+        folder = " is a folder (one input writes one file: name it, e.g. " \
+                 f"{path / 'map.tif'})" if path.is_dir() else " has no suffix"
+        raise UsageError(f"-o {path}{folder}: name the output {ACCEPTED}, or pass --format tif|cog|zarr|png")
+    raise UsageError(f"-o {path}: unknown output suffix {path.suffix}: uhr writes {ACCEPTED} "
+                     f"(or pass --format with a suffix-less name)")
 
 
 def output_suffix(fmt: str) -> str:
@@ -224,34 +245,12 @@ def write_png(tmp: Path, spec: OutputSpec, image: np.ndarray, palette: bool) -> 
 
 def write_zarr(tmp: Path, spec: OutputSpec, classes: Callable[[int, int], np.ndarray],
                probs: Callable[[int, int], np.ndarray] | None, num_classes: int) -> None:
+    """A georeferenced, consolidated zarr with overview levels (see uhrcli.io.geozarr), read back."""
     import zarr
 
-    root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-    attrs: dict[str, Any] = {
-        "class_names": list(spec.class_names), "palette": [list(p) for p in spec.palette],
-        "nodata": spec.nodata, "producer": "uhr", **spec.tags,
-    }
-    if spec.crs is not None:
-        attrs["crs"] = spec.crs.to_wkt()
-    if spec.transform is not None:
-        attrs["transform"] = list(spec.transform)[:6]
-    root.attrs.update(attrs)
-    chunks = (min(512, spec.height), min(512, spec.width))
-    arr = root.create_array("classes", shape=(spec.height, spec.width), chunks=chunks, dtype="uint8",
-                            fill_value=spec.nodata, dimension_names=["y", "x"])
-    arr.attrs.update({k: attrs[k] for k in attrs if k != "producer"})
-    parr = None
-    if probs is not None:
-        parr = root.create_array("probs", shape=(num_classes, spec.height, spec.width), chunks=(1,) + chunks,
-                                 dtype="uint8", fill_value=0, dimension_names=["class", "y", "x"])
-        parr.attrs.update({"scale": 1 / 255, "class_names": list(spec.class_names)})
-    last = None
-    for r0, r1 in strips(spec.height):
-        block = classes(r0, r1)
-        arr[r0:r1] = block
-        last = (r0, r1, block)
-        if parr is not None:
-            parr[:, r0:r1] = probs(r0, r1)
+    from .geozarr import write_geozarr
+
+    last = write_geozarr(tmp, spec, classes, probs, num_classes, STRIP)
     # read the last strip back from a fresh handle: a store on a full disk can lose chunks silently
     back = zarr.open_group(str(tmp), mode="r")["classes"]
     if last is not None and not np.array_equal(np.asarray(back[last[0]:last[1]]), last[2]):

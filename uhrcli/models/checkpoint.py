@@ -104,6 +104,30 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     return _load_safetensors(path)
 
 
+def checkpoint_metadata(path: str | os.PathLike | None) -> dict[str, Any]:
+    """A checkpoint's uhr metadata without loading its tensors ({} for 'random', torch files, folders)."""
+    if path is None or str(path) == "random":
+        return {}
+    p = Path(path)
+    if not p.is_file():
+        return {}
+    with open(p, "rb") as f:
+        head = f.read(16)
+    if len(head) < 9 or sniff_format(head, p.stat().st_size) != "safetensors":
+        return {}
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            raw = (f.metadata() or {}).get(META_KEY)
+    except (SafetensorError, OSError, ValueError):
+        return {}
+    try:
+        return json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+
+
 def sniff_format(head: bytes, size: int) -> str:
     """'safetensors' or 'torch' from a file's first bytes.
 

@@ -168,6 +168,18 @@ def validate(model: nn.Module, spec: DatasetSpec, device: torch.device, amp: boo
     return out_d
 
 
+def _scaling_record(spec: Any, stretch: str) -> dict[str, Any]:
+    """The training images' scaling (uhrcli.io.radiometry), from their headers (no pixels are read)."""
+    from contextlib import ExitStack
+
+    from ..io.radiometry import scaling_record
+    from ..io.readers import open_reader
+
+    with ExitStack() as stack:
+        readers = [stack.enter_context(open_reader(s.image, validate=False)) for s in spec.samples]
+        return scaling_record(readers, stretch)
+
+
 def _save(model: nn.Module, path: Path, kw: dict[str, Any], extra: dict[str, Any]) -> None:
     from ..models.checkpoint import save_checkpoint
 
@@ -286,8 +298,11 @@ def train(cfg: TrainConfig, on_event: Event | None = None) -> TrainResult:
                    "crop": f"{crop}-{crop_max}" if crop_max else crop, "notes": notes,
                    "class_names": spec.class_names})
 
+    scaling = _scaling_record(spec, cfg.stretch)  # how the images were scaled: `uhr segment` scales the same way
+
     def checkpoint(epoch: int) -> None:
-        extra = {"step": step, "epoch": epoch, "task": spec.task, "layout": spec.layout, "total_steps": total}
+        extra = {"step": step, "epoch": epoch, "task": spec.task, "layout": spec.layout, "total_steps": total,
+                 "scaling": scaling}
         _save(model, run / LAST, model_kwargs, extra)
         _save_state(run / STATE, {"model": cfg.model, "step": step, "epoch": epoch, "total_steps": total,
                                   "optimizer": opt.state_dict(),
@@ -368,7 +383,7 @@ def train(cfg: TrainConfig, on_event: Event | None = None) -> TrainResult:
                 if improved and not math.isnan(value):
                     best = value
                     _save(model, run / BEST, model_kwargs, {"step": step, "epoch": epoch, "task": spec.task,
-                                                            "metric": {metric_name: value}})
+                                                            "metric": {metric_name: value}, "scaling": scaling})
                 emit("epoch", {"step": step, "epoch": epoch, "metric_name": metric_name, "best": best, **last_val})
             saving = step % cfg.checkpoint_every == 0 or step == stop_at
             if saving:
