@@ -29,6 +29,7 @@ from .models import build_model, list_models
 from .models.fuse import fold_batchnorm
 from .scratch import OutputLock, Scratch, file_identity, scratch_path, weights_digest
 from .tiling import BORDERS
+from .vector import check_segment_vector, vectorize_segment_output
 
 DEFAULT_CACHE_RAM = 256 << 20
 # Rasters above this size get a fixed 4 MB mmap threshold: without it peak RSS grew from 1.4 GB (36 MP) to
@@ -81,6 +82,7 @@ class SegmentOptions:
     cache_disk: int | None = None  # bytes of disk for them (None: default)
     cache_device: int | None = None  # bytes of device memory (CUDA; None: a quarter of what is free)
     cache_dir: str | os.PathLike | None = None  # folder of the disk tier (None: beside the output)
+    vector: str | os.PathLike | None = None  # also write the class map's polygons here (uhrcli.vector)
 
 
 def cache_budget(opts: SegmentOptions, device: torch.device, default_dir: Path | None) -> CacheBudget:
@@ -155,6 +157,8 @@ def segment(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str
     many = len(given) > 1 or len(paths) > 1 or any(Path(p).is_dir() and not is_zarr_store(Path(p)) for p in given)
     output = Path(output)
     plans = plan_outputs(paths, output, opts.fmt, many)
+    if opts.vector is not None:
+        check_segment_vector(opts.vector, many)
     if many:
         output.mkdir(parents=True, exist_ok=True)
 
@@ -184,12 +188,16 @@ def _segment_one(src: Path, target: Path, fmt: str, net, info, wdigest: str, dev
                  progress) -> SegmentResult:
     ppath = W.probs_path(target, fmt) if opts.probs else None
     preview = target.with_name(target.stem + "_preview.png") if opts.preview else None
-    outputs = [target] + [p for p in (ppath, preview) if p is not None and p != target]
+    vector = Path(opts.vector) if opts.vector is not None else None
+    outputs = [target] + [p for p in (ppath, preview, vector) if p is not None and p != target]
     W.refuse_inputs_as_outputs(outputs, [src])
     W.check_target(target, True)  # the folder exists and is writable (existence is judged under the lock)
     with OutputLock(target):
-        return _segment_locked(src, target, fmt, outputs, ppath, preview, net, info, wdigest, dev, amp, opts,
-                               progress)
+        result = _segment_locked(src, target, fmt, outputs, ppath, preview, net, info, wdigest, dev, amp, opts,
+                                 progress)
+    if vector is not None:
+        vectorize_segment_output(result, vector, fmt, overwrite=opts.overwrite or opts.resume)
+    return result
 
 
 def _segment_locked(src: Path, target: Path, fmt: str, outputs: list[Path], ppath: Path | None, preview: Path | None,

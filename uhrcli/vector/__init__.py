@@ -199,3 +199,22 @@ def _feature(region: Region, transform: Affine, opts: VectorOptions, geometry_ty
     if geometry_type == "MultiPolygon" and geom.geom_type == "Polygon":
         geom = shapely.multipolygons([geom])
     return geom, area
+
+
+def check_segment_vector(vector: str | os.PathLike, many: bool) -> None:
+    """`uhr segment --vector`: refused before any work when it cannot be written."""
+    if many:
+        raise UsageError("--vector takes a single input; for several, run `uhr vectorize` on each class map")
+    driver_for(Path(vector))
+
+
+def vectorize_segment_output(result: Any, vector: str | os.PathLike, fmt: str, overwrite: bool) -> None:
+    """Polygons of a class map `uhr segment` has just committed (its probabilities give mean_prob); a note on
+    the result says where they went. A resumed run that found everything done has nothing to add."""
+    if "already complete" in result.notes:
+        return
+    probs = None
+    if result.probs_output is not None:
+        probs = result.probs_output / "probs" if fmt == "zarr" else result.probs_output
+    r = vectorize(result.output, vector, probs=probs, overwrite=overwrite)
+    result.notes.append(f"{r.polygons} polygons in {r.output}")

@@ -1,6 +1,6 @@
 """Vector files through pyogrio (GDAL), chosen by the output's suffix, written under a temporary name.
 
-GeoPackage and Shapefile take the features in batches as regions close, so nothing accumulates. GDAL can
+GeoPackage (and GeoParquet) take the features in batches as regions close, so nothing accumulates. GDAL can
 only write GeoJSON and FlatGeobuf in one go (its GeoJSON driver rewrites the whole file on every append,
 FlatGeobuf has no append), so for those the features (WKB and attributes) are held until the end: prefer
 .gpkg for maps with millions of polygons. pyogrio's GDAL has no Parquet driver; GeoParquet is written with
@@ -19,14 +19,17 @@ import shapely
 from ..errors import MissingDependencyError, UsageError
 
 DRIVERS = {".gpkg": "GPKG", ".fgb": "FlatGeobuf", ".geojson": "GeoJSON", ".json": "GeoJSON",
-           ".shp": "ESRI Shapefile", ".parquet": "Parquet"}
-STREAMED = {"GPKG", "ESRI Shapefile", "Parquet"}
+           ".parquet": "Parquet"}
+STREAMED = {"GPKG", "Parquet"}
 BATCH = 20_000
 FIELDS = ("class_id", "class_name", "area", "pixels", "mean_prob")
 
 
 def driver_for(path: Path) -> str:
     suffix = path.suffix.lower()
+    if suffix == ".shp":
+        raise UsageError(f"{path.name}: Shapefile is not written (several files, 10-character field names, 2 GB); "
+                         "use .gpkg, which every GIS opens")
     if suffix not in DRIVERS:
         known = ", ".join(sorted(DRIVERS))
         raise UsageError(f"{path.name}: unknown vector format {suffix or '(no suffix)'!r}; use one of {known}")
