@@ -144,7 +144,8 @@ def vectorize(class_map: str | os.PathLike, output: str | os.PathLike, *, option
         if units == "degree²":
             notes.append("geographic CRS: areas are in square degrees (reproject the map for areas in metres)")
         if not georef:
-            notes.append("the map has no georeferencing: coordinates are pixels (x right, y down)")
+            notes.append("the map has no georeferencing: coordinates are pixels (x right, y down)"
+                         + ("; GeoJSON readers will take them for WGS 84" if driver == "GeoJSON" else ""))
         h, w = reader.height, reader.width
         rows = opts.rows or int(np.clip(BAND_PIXELS // max(w, 1), 16, 4096))
         W.discard(tmp)

@@ -9,6 +9,7 @@ pyarrow (the optional `parquet` extra) when it is installed.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,9 +98,11 @@ class VectorSink:
                 kw["layer_metadata"] = self.metadata
             if self.driver == "GeoJSON":
                 kw["layer_options"] = {"RFC7946": "NO", "WRITE_NAME": "YES"}
-            write(str(self.path), shapely.to_wkb(geoms), fields=names, field_data=arrays, driver=self.driver,
-                  layer=self.layer, crs=self.crs.to_wkt() if self.crs is not None else None, geometry_type=self.geometry_type, append=self._started,
-                  encoding="UTF-8", **kw)
+            with warnings.catch_warnings():  # "no crs": the caller says so in its own words
+                warnings.simplefilter("ignore", UserWarning)
+                write(str(self.path), shapely.to_wkb(geoms), fields=names, field_data=arrays, driver=self.driver,
+                      layer=self.layer, crs=self.crs.to_wkt() if self.crs is not None else None,
+                      geometry_type=self.geometry_type, append=self._started, encoding="UTF-8", **kw)
         self._started = True
         self._geoms = []
         self._cols = {k: [] for k in FIELDS}

@@ -78,6 +78,9 @@ def probs_reader(path: str | Path, reader: RasterReader, n_classes: int) -> tupl
         if (p.height, p.width) != (reader.height, reader.width):
             raise InputError(f"{p.path}: {p.width}x{p.height} pixels, the class map has {reader.width}x{reader.height}")
         scale = 1 / 255 if np.dtype(p.dtype) == np.uint8 else 1.0
+        if n_classes is not None and p.count != n_classes and not (p.count == 1 and n_classes <= 2):
+            raise InputError(f"{p.path}: {p.count} band(s) of probabilities for a map of {n_classes} classes "
+                             "(expected one band per class)")
         if p.count == 1 and n_classes <= 2:
             def own(r0: int, r1: int, classes: np.ndarray) -> np.ndarray:
                 p1 = p.read(Window(0, r0, p.width, r1 - r0))[0].astype(np.float64) * scale
