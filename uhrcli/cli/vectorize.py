@@ -33,8 +33,7 @@ def vectorize_cmd(
 ) -> None:
     """Polygons per class from a class map, in its CRS, streamed in row bands in bounded memory.
 
-    Attributes: class_id, class_name (from the map's metadata), area (map units squared: m² for a metric CRS),
-    pixels, and mean_prob with --probs.
+    Attributes: class_id, class_name, area (map units squared: m² for a metric CRS), pixels; mean_prob with --probs.
     """
     from ..vector import VectorOptions, vectorize
 
