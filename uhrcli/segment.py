@@ -32,6 +32,7 @@ from .models.checkpoint import checkpoint_metadata
 from .models.fuse import fold_batchnorm
 from .scratch import OutputLock, Scratch, file_identity, scratch_path, weights_digest
 from .tiling import BORDERS
+from .vector import check_segment_vector, vectorize_segment_output
 
 DEFAULT_CACHE_RAM = 256 << 20
 # Rasters above this size get a fixed 4 MB mmap threshold: without it peak RSS grew from 1.4 GB (36 MP) to
@@ -88,6 +89,7 @@ class SegmentOptions:
     cache_dir: str | os.PathLike | None = None  # folder of the disk tier (None: beside the output)
     scaling_record: dict | None = None  # how the training data were scaled (None: the checkpoint's record)
     on_note: Callable[[str], Any] | None = None  # one-line notes (the scaling chosen), as they happen
+    vector: str | os.PathLike | None = None  # also write the class map's polygons here (uhrcli.vector)
 
 
 def cache_budget(opts: SegmentOptions, device: torch.device, default_dir: Path | None) -> CacheBudget:
@@ -165,6 +167,8 @@ def segment(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str
     paths = expand_inputs(given, recursive=opts.recursive, exclude=output if many else None)
     many = many or len(paths) > 1
     plans = plan_outputs(paths, output, opts.fmt, many)
+    if opts.vector is not None:
+        check_segment_vector(opts.vector, many)
     jobs = [Job(src, target, fmt, _outputs(target, fmt, opts), scratch_path(target)) for src, target, fmt in plans]
     if many:
         check_existing(jobs, opts.overwrite, opts.skip_existing, opts.resume)
@@ -199,22 +203,27 @@ def segment(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str
 
 
 def _outputs(target: Path, fmt: str, opts: SegmentOptions) -> list[Path]:
-    """Every file a run writes for one input: the map, then its probabilities and preview if asked for."""
+    """Every file a run writes for one input: the map, then its probabilities, preview and polygons if asked for."""
     ppath = W.probs_path(target, fmt) if opts.probs else None
     preview = target.with_name(target.stem + "_preview.png") if opts.preview else None
-    return [target] + [p for p in (ppath, preview) if p is not None and p != target]
+    vector = Path(opts.vector) if opts.vector is not None else None
+    return [target] + [p for p in (ppath, preview, vector) if p is not None and p != target]
 
 
 def _segment_one(src: Path, target: Path, fmt: str, net, info, wdigest: str, dev, amp: bool, opts: SegmentOptions,
                  progress) -> SegmentResult:
     ppath = W.probs_path(target, fmt) if opts.probs else None
     preview = target.with_name(target.stem + "_preview.png") if opts.preview else None
+    vector = Path(opts.vector) if opts.vector is not None else None
     outputs = _outputs(target, fmt, opts)
     W.refuse_inputs_as_outputs(outputs, [src])
     W.check_target(target, True)  # the folder exists and is writable (existence is judged under the lock)
     with OutputLock(target):
-        return _segment_locked(src, target, fmt, outputs, ppath, preview, net, info, wdigest, dev, amp, opts,
-                               progress)
+        result = _segment_locked(src, target, fmt, outputs, ppath, preview, net, info, wdigest, dev, amp, opts,
+                                 progress)
+    if vector is not None:
+        vectorize_segment_output(result, vector, fmt, overwrite=opts.overwrite or opts.resume)
+    return result
 
 
 def _segment_locked(src: Path, target: Path, fmt: str, outputs: list[Path], ppath: Path | None, preview: Path | None,

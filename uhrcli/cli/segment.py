@@ -36,6 +36,8 @@ def segment_cmd(
     fmt: Optional[str] = typer.Option(None, "--format", "-f", help="tif, cog, zarr or png (default from the output suffix)."),
     probs: bool = typer.Option(False, "--probs", help="Also write per-class probabilities (uint8, x/255)."),
     preview: bool = typer.Option(False, "--preview", help="Also write <name>_preview.png: the class map tinted over the image."),
+    vector: Optional[Path] = typer.Option(None, "--vector", help="Also write the class map's polygons (.gpkg, .fgb, "
+                                          ".geojson, .parquet), as `uhr vectorize` does; with --probs, mean_prob."),
     bands: Optional[str] = typer.Option(None, "--bands", help="1-based bands to use, e.g. 1,2,3 or 4,3,2."),
     stretch: str = typer.Option("auto", "--stretch", help="Pixel scaling to 0..255: auto (the checkpoint's recorded "
                                 "scaling, else 2-98 percentiles for integers wider than 8 bits), range (the type's "
@@ -61,7 +63,7 @@ def segment_cmd(
                           bands=parse_int_list(bands, "--bands"), stretch=stretch, overwrite=overwrite,
                           resume=resume, skip_existing=skip_existing, amp=amp, preview=preview, border=border,
                           cache_ram=parse_size(cache_ram, "--cache-ram"), cache_disk=parse_size(cache_disk, "--cache-disk"),
-                          cache_dir=cache_dir)
+                          cache_dir=cache_dir, vector=vector)
 
     def on_error(path: Path, msg: str) -> None:
         console_err.print(f"[red]error:[/red] {msg}", highlight=False, soft_wrap=True)
