@@ -489,7 +489,8 @@ class ImageReader(RasterReader):
         Image.MAX_IMAGE_PIXELS = self.MAX_PIXELS
         try:
             with Image.open(self.path) as im:
-                im = ImageOps.exif_transpose(im)
+                if im.getexif().get(0x0112, 1) not in (0, 1):  # rotated or mirrored: as displayed
+                    im = ImageOps.exif_transpose(im)  # (a copy of the whole image, so only when it is needed)
                 im.load()
                 arr = _pil_to_array(im, expand_palette)
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
