@@ -17,6 +17,7 @@ from . import __version__
 from .device import default_amp, resolve_device
 from .engine import EngineStats, Preprocess, run_tiles
 from .proc import bound_heap, peak_rss_mb
+from .progress import ReportReads, segment_plan
 from .errors import InputError, OutputError, UsageError
 from .io.inputs import expand_inputs, is_zarr_store
 from .io.readers import RasterReader, open_reader
@@ -132,7 +133,8 @@ def segment(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str
             **kw: Any) -> list[SegmentResult]:
     """Segment one raster (or several, or a folder) into a class map that keeps the georeferencing.
 
-    progress(event, done, total) is called with ("start", 0, pixels), ("tile", pixels, 0) and ("end", 0, 0).
+    progress(event, done, total) hears of every phase of the work (see uhrcli.progress for the events;
+    `uhrcli.progress.JobProgress` keeps them, with rates and an ETA).
     Keyword options (tile=, halo=, merge=, ...) override `options`.
     """
     opts = options or SegmentOptions()
@@ -234,7 +236,9 @@ def _segment_locked(src: Path, target: Path, fmt: str, outputs: list[Path], ppat
                                      masked=reader.meta.mask_kind != "none")
         total = reader.height * reader.width
         if progress:
+            progress(f"input:{src}", 0, 0)
             progress("start", 0, total)
+            progress(segment_plan(inferer, bool(opts.probs)), 0, total)
         try:
             state = scratch.group.attrs.get("inferer_state") if resumed else None
             pending = int(len(grid) - scratch.done_tiles().sum())
@@ -243,7 +247,7 @@ def _segment_locked(src: Path, target: Path, fmt: str, outputs: list[Path], ppat
                 if new_state is not None:
                     scratch.group.attrs["inferer_state"] = new_state
             if progress:
-                progress("phase:tiles", 0, total)
+                progress("phase:tiles", _done_pixels(grid, scratch), total)
             stats = run_tiles(reader, grid, inferer, scratch, merge=opts.merge,
                               batch_size=opts.batch_size,
                               on_tile=(lambda t: progress("tile", int(t.core.width * t.core.height), 0)) if progress else None)
@@ -255,15 +259,21 @@ def _segment_locked(src: Path, target: Path, fmt: str, outputs: list[Path], ppat
                 tags={"model": info.name, "software": f"uhr {__version__}"},
             )
             extra = []
+            reads = scratch
+            if progress:
+                progress("phase:writing", 0, total)
+                reads = ReportReads(scratch, progress, 1 + (scratch.probs is not None) + (preview is not None))
             if preview is not None:
                 from .io.preview import write_preview
 
                 tmp_preview = W.temp_path(preview)
                 write_preview(tmp_preview, reader, lambda d: np.clip(scaler(d), 0, 255).astype(np.uint8),
-                              lambda a, b, step: np.asarray(scratch.classes[a:b:step, ::step]), info.palette)
+                              lambda a, b, step: np.asarray(reads.classes[a:b:step, ::step]), info.palette)
                 extra.append((tmp_preview, preview))
-            _finalize(scratch, spec, target, fmt, ppath, info.num_classes, extra)
+            _finalize(reads, spec, target, fmt, ppath, info.num_classes, extra)
             scratch.mark_moved()
+            if progress:
+                progress("done", 0, 0)
         except InputError:
             scratch.remove()  # the input itself is broken: resuming cannot help
             raise
@@ -286,6 +296,12 @@ def _segment_locked(src: Path, target: Path, fmt: str, outputs: list[Path], ppat
         reader.close()
     return SegmentResult(src, target, ppath, reader.height, reader.width, stats, time.perf_counter() - t_start,
                          peak_rss_mb(), resumed=resumed)
+
+
+def _done_pixels(grid, scratch: Scratch) -> int:
+    """Pixels of the tiles an interrupted run finished (what --resume starts the tile pass from)."""
+    done = scratch.done_tiles()
+    return sum(int(t.core.width * t.core.height) for t in grid if done[t.row, t.col])
 
 
 def _already_done(src: Path, target: Path, ppath: Path | None, opts: SegmentOptions, t_start: float) -> SegmentResult:

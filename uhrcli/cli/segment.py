@@ -9,7 +9,7 @@ from rich.table import Table
 
 from ..units import parse_size
 from .common import app, console, console_err, parse_int_list
-from .progress import pixel_progress
+from .progress import emit_json, job_progress
 
 
 @app.command("segment")
@@ -41,6 +41,8 @@ def segment_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
     resume: bool = typer.Option(False, "--resume", help="Finish an interrupted run from its scratch store."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+    as_json: bool = typer.Option(False, "--json", help="Progress and results as JSON lines on stdout (one object a "
+                                 "line: phase events, then one result per output); human text goes to stderr."),
 ) -> None:
     """Segment rasters of any size into georeferenced class maps, tile by tile in bounded memory."""
     from ..segment import SegmentOptions, segment
@@ -52,9 +54,13 @@ def segment_cmd(
                           resume=resume, amp=amp, preview=preview, border=border,
                           cache_ram=parse_size(cache_ram, "--cache-ram"), cache_disk=parse_size(cache_disk, "--cache-disk"),
                           cache_dir=cache_dir)
-    with pixel_progress("segment", not quiet) as cb:
+    with job_progress("", enabled=not quiet, as_json=as_json) as job:
         results = segment([str(p) for p in inputs] if len(inputs) > 1 else str(inputs[0]), output, model=model,
-                          weights=weights, device=device, options=opts, progress=cb)
+                          weights=weights, device=device, options=opts, progress=job)
+    if as_json:
+        for r in results:
+            emit_json(result_json(r, job.history.get(str(r.input), {})))
+        return
     if quiet:
         return
     table = Table(title=None, show_edge=False, header_style="bold")
@@ -70,3 +76,11 @@ def segment_cmd(
     console.print(f"{len(results)} raster(s), {total_px / 1e6:.1f} MP in {total_s:.1f} s "
                   f"({total_px / 1e6 / max(total_s, 1e-9):.2f} MP/s), peak RSS {max(r.peak_rss_mb for r in results):.0f} MB",
                   highlight=False)
+
+
+def result_json(r, phases: dict[str, float]) -> dict:
+    """The summary object of one output (`uhr segment --json`)."""
+    return {"event": "result", "input": str(r.input), "output": str(r.output),
+            "probs_output": None if r.probs_output is None else str(r.probs_output), "width": r.width,
+            "height": r.height, "seconds": round(r.seconds, 3), "mpix_per_s": round(r.mpix_per_s, 3),
+            "peak_rss_mb": round(r.peak_rss_mb, 1), "resumed": r.resumed, "notes": list(r.notes), "phases": phases}
