@@ -6,11 +6,11 @@ register on it: `from uhrcli.cli.evaluate import eval_app`.
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import typer
 from rich.table import Table
 from typer.core import TyperGroup
@@ -34,7 +34,7 @@ app.add_typer(eval_app, name="eval")
 
 
 def _fmt(v: float) -> str:
-    return "-" if v is None or np.isnan(v) else f"{100 * v:.2f}"
+    return "-" if v is None or math.isnan(v) else f"{100 * v:.2f}"
 
 
 def print_report(report, title: str) -> None:
