@@ -87,8 +87,8 @@ def saliency_cmd(
         extra = f", {streamed} streamed" if streamed else ""
         console.print(f"{len(report.results)} image(s) written{extra}, {len(report.failed)} failed, "
                       f"{len(report.skipped)} skipped in {report.seconds:.1f} s ({report.images_per_s:.2f} images/s), "
-                      f"peak RSS {report.peak_rss_mb:.0f} MB [{report.model} at {report.size}px on {report.device}]",
-                      highlight=False)
+                      f"peak RSS {report.peak_rss_mb:.0f} MB ({report.model} at {report.size}px on {report.device})",
+                      highlight=False, markup=False)
     if not report.ok:
         # not typer.Exit: run_app runs click with standalone_mode=False, which would swallow its code
         raise SystemExit(1)
