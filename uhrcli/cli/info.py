@@ -32,12 +32,13 @@ def transform_text(t: list[float] | None, geographic: bool) -> str:
 
 
 def expand(paths: list[Path]) -> list[Path]:
-    """Files as given; folders: the rasters in them (not their subfolders), in name order."""
-    from ..io.inputs import expand_inputs, is_zarr_store
+    """Files as given; folders: the rasters in them (not their subfolders), in name order. A folder named like
+    a raster (x.tif/) is taken as a file, and reported as a directory where a raster was expected."""
+    from ..io.inputs import RASTER_SUFFIXES, expand_inputs, is_zarr_store
 
     out: list[Path] = []
     for p in paths:
-        if p.is_dir() and not is_zarr_store(p):
+        if p.is_dir() and not is_zarr_store(p) and p.suffix.lower() not in RASTER_SUFFIXES:
             out.extend(src for src, _ in expand_inputs([p]))
         else:
             out.append(p)
