@@ -75,7 +75,7 @@ class _Bars:
     def __call__(self, job: JobProgress, what: str) -> None:
         if what == "start" and self.tasks:  # the next raster: the last one's bars become one line
             if self.summary:
-                self.progress.console.print(self.summary, highlight=False, soft_wrap=True)
+                self.progress.console.print(self.summary, highlight=False, soft_wrap=True, markup=False)
             for t in self.tasks:
                 self.progress.remove_task(t)
             self.tasks, self.summary = [], ""
@@ -114,7 +114,7 @@ class _Lines:
             speed = f" ({rate / self.scale:.2f} {self.rate_unit})" if rate else ""
             where = f"{job.input}: " if job.input else ""
             console_err.print(f"{where}{p.name}: {p.done:,}/{p.total:,} {self.unit} in {p.seconds(now):.1f} s{speed}",
-                              highlight=False, soft_wrap=True)
+                              highlight=False, soft_wrap=True, markup=False)
             self.reported += 1
 
 
