@@ -74,6 +74,7 @@ def describe(path: str | os.PathLike, model: str | None = None, tile: int | None
             "bands": reader.source_count, "bands_used": reader.bands, "dtype": str(reader.dtype),
             "band_names": m.band_names, "block_shape": m.block_shape, "compression": m.compression,
             "crs": m.crs.to_string() if m.crs is not None else None,
+            "crs_geographic": bool(getattr(m.crs, "is_geographic", False)),  # degrees, not metres
             "transform": list(m.transform)[:6] if m.transform is not None else None,
             "nodata": m.nodata, "mask": m.mask_kind, "overviews": m.overviews, **{k: v for k, v in m.extra.items()},
             "size_on_disk": _size(reader.path),

@@ -18,6 +18,7 @@ from .device import default_amp, resolve_device
 from .engine import EngineStats, Preprocess, run_tiles
 from .batch import BatchReport, Job, check_existing, run_batch
 from .proc import bound_heap, peak_rss_mb
+from .progress import ReportReads, segment_plan
 from .errors import InputError, OutputError, UsageError
 from .io.inputs import expand_inputs, is_zarr_store
 from .io.readers import RasterReader, open_reader
@@ -141,7 +142,8 @@ def segment(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str
             on_error: Callable[[Path, str], Any] | None = None, **kw: Any) -> BatchReport[SegmentResult]:
     """Segment one raster (or several, or a folder) into a class map that keeps the georeferencing.
 
-    progress(event, done, total) is called with ("start", 0, pixels), ("tile", pixels, 0) and ("end", 0, 0).
+    progress(event, done, total) hears of every phase of the work (see uhrcli.progress for the events;
+    `uhrcli.progress.JobProgress` keeps them, with rates and an ETA).
     Keyword options (tile=, halo=, merge=, ...) override `options`. Returns the results (a list) with
     `.failed` [(input, message)] and `.skipped`: in a batch a bad raster is reported (on_error(input,
     message) as it happens) and the others go on; a single input raises its error.
@@ -270,7 +272,9 @@ def _segment_locked(src: Path, target: Path, fmt: str, outputs: list[Path], ppat
                                      masked=reader.meta.mask_kind != "none")
         total = reader.height * reader.width
         if progress:
+            progress(f"input:{src}", 0, 0)
             progress("start", 0, total)
+            progress(segment_plan(inferer, bool(opts.probs)), 0, total)
         streams = None
         try:
             state = scratch.group.attrs.get("inferer_state") if resumed else None
@@ -286,23 +290,33 @@ def _segment_locked(src: Path, target: Path, fmt: str, outputs: list[Path], ppat
             )
             streams = _open_streams(spec, target, fmt, ppath, info.num_classes)
             if progress:
-                progress("phase:tiles", 0, total)
+                progress("phase:tiles", _done_pixels(grid, scratch), total)
             stats = run_tiles(reader, grid, inferer, scratch, merge=opts.merge,
                               batch_size=opts.batch_size, out=streams.rows if streams is not None else None,
                               on_tile=(lambda t: progress("tile", int(t.core.width * t.core.height), 0)) if progress else None)
             stats.extra.update({"tile": grid.tile_h, "halo": grid.halo, "tiles": len(grid),
                                 "inferer": inferer_report(inferer)})
             extra = []
+            reads = scratch
+            if progress:
+                progress("phase:writing", 0, total)
+                # streamed outputs were written with the tiles: only the preview (and closing) are left
+                reads = ReportReads(scratch, progress, (preview is not None) + (0 if streams is not None else
+                                                                                1 + (scratch.probs is not None)))
             if preview is not None:
                 from .io.preview import write_preview
 
                 tmp_preview = W.temp_path(preview)
                 write_preview(tmp_preview, reader, lambda d: np.clip(scaler(d), 0, 255).astype(np.uint8),
-                              lambda a, b, step: np.asarray(scratch.classes[a:b:step, ::step]), info.palette)
+                              lambda a, b, step: np.asarray(reads.classes[a:b:step, ::step]), info.palette)
                 extra.append((tmp_preview, preview))
-            _finalize(scratch, spec, target, fmt, ppath, info.num_classes, extra, streams)
+            _finalize(reads, spec, target, fmt, ppath, info.num_classes, extra, streams)
             streams = None
+            if isinstance(reads, ReportReads):
+                reads.finish(total)
             scratch.mark_moved()
+            if progress:
+                progress("done", 0, 0)
         except InputError:
             scratch.remove()  # the input itself is broken: resuming cannot help
             raise
@@ -327,6 +341,12 @@ def _segment_locked(src: Path, target: Path, fmt: str, outputs: list[Path], ppat
         reader.close()
     return SegmentResult(src, target, ppath, reader.height, reader.width, stats, time.perf_counter() - t_start,
                          peak_rss_mb(), resumed=resumed, scaling=scaler.describe())
+
+
+def _done_pixels(grid, scratch: Scratch) -> int:
+    """Pixels of the tiles an interrupted run finished (what --resume starts the tile pass from)."""
+    done = scratch.done_tiles()
+    return sum(int(t.core.width * t.core.height) for t in grid if done[t.row, t.col])
 
 
 def _already_done(src: Path, target: Path, ppath: Path | None, opts: SegmentOptions, t_start: float) -> SegmentResult:

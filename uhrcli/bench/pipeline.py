@@ -56,7 +56,7 @@ def _run(spec: dict[str, Any], name: str, device: torch.device) -> dict[str, Any
                           amp=amp)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    with tempfile.TemporaryDirectory(prefix="uhr-bench-") as td:
+    with tempfile.TemporaryDirectory(prefix="uhr-bench-", dir=spec.get("workdir")) as td:
         res = segment(str(spec["raster"]), Path(td) / "mask.tif", model=name, weights="random",
                       device=str(device), options=opts)[0]
     e2e_rss = peak_rss_mb()

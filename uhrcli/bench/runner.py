@@ -203,15 +203,19 @@ def run_benchmark(config: BenchConfig | None = None, progress: Callable[[str], A
 
     records: list[dict[str, Any]] = []
     if cfg.pipeline:
-        from .synth import cached_raster
+        from .synth import cache_dir, cached_raster
 
+        folder = cache_dir(cfg.cache_dir)
+        say(progress, f"cache: synthetic rasters and the runs' temporary outputs go to {folder} "
+                      "(--cache-dir or UHR_CACHE_DIR moves it)")
         for size in sizes:
             say(progress, f"synthetic raster {size}x{size}")
             raster, cached = cached_raster(size, cfg.cache_dir)
             for name in models:
                 say(progress, f"pipeline {name} @ {size} ({'cached' if cached else 'new'} raster {raster.name})")
                 spec = {"mode": "pipeline", "model": name, "size": size, "raster": str(raster),
-                        "device": str(device), "batch_size": cfg.batch_size, "amp": amp, "tile": cfg.tile}
+                        "device": str(device), "batch_size": cfg.batch_size, "amp": amp, "tile": cfg.tile,
+                        "workdir": str(folder)}
                 rec = run_worker(spec, cfg.timeout_s)
                 rec["raster"] = str(raster)
                 _finish(rec, roof, baseline)

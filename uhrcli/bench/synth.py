@@ -18,11 +18,13 @@ _INRIA = Path(__file__).resolve().parents[2] / "examples" / "data" / "austin_inr
 
 
 def cache_dir(path: str | os.PathLike | None = None) -> Path:
-    """Where synthetic rasters live between runs: `path`, else $UHR_CACHE/bench, else ~/.cache/uhr/bench."""
+    """Where synthetic rasters (and pipeline runs' outputs) live: `path` (--cache-dir), else $UHR_CACHE_DIR/bench
+    ($UHR_CACHE, its older name), else ~/.cache/uhr/bench."""
+    env = os.environ.get("UHR_CACHE_DIR") or os.environ.get("UHR_CACHE")
     if path is not None:
         d = Path(path)
-    elif os.environ.get("UHR_CACHE"):
-        d = Path(os.environ["UHR_CACHE"]) / "bench"
+    elif env:
+        d = Path(env) / "bench"
     else:
         d = Path.home() / ".cache" / "uhr" / "bench"
     d.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 from .common import app, console, console_err, parse_str_list
 
@@ -30,6 +31,9 @@ def bench_cmd(
     pipeline: bool = typer.Option(False, "--pipeline",
                                   help="Time the whole `uhr segment` path on cached synthetic GeoTIFFs instead."),
     tile: Optional[int] = typer.Option(None, "--tile", help="--pipeline: the engine's tile size (default: segment's)."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="--pipeline: folder of the cached synthetic "
+                                             "rasters and the runs' temporary outputs (default: $UHR_CACHE_DIR/bench, "
+                                             "else ~/.cache/uhr/bench)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the records and machine facts as JSON."),
     csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write one CSV row per model and size."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="PNG: latency and memory against size, per model."),
@@ -45,8 +49,8 @@ def bench_cmd(
         raise UsageError("--sizes is empty")
     cfg = BenchConfig(models=parse_str_list(models), sizes=size_list, device=device, batch_size=batch_size, amp=amp,
                       channels_last=channels_last, fold_bn=fold_bn, compile=compile_, warmup=warmup, iters=iters, pipeline=pipeline,
-                      tile=tile)
-    progress = None if quiet else (lambda msg: console_err.print(f"[dim]{msg}[/dim]", highlight=False))
+                      tile=tile, cache_dir=cache_dir)
+    progress = None if quiet else (lambda msg: console_err.print(f"[dim]{escape(msg)}[/dim]", highlight=False))
     report = run_benchmark(cfg, progress=progress)
     console.print(pipeline_table(report) if report.mode == "pipeline" else model_table(report))
     for line in summary_lines(report):

@@ -84,10 +84,11 @@ def interruptible(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def wrap_commands(app_: typer.Typer) -> None:
-    """Make every registered command (sub-apps included) interruptible."""
+    """Make every registered command (sub-apps included) interruptible, its help texts literal."""
     for cmd in app_.registered_commands:
         if cmd.callback is not None and not getattr(cmd.callback, "__wrapped__", None):
             cmd.callback = interruptible(cmd.callback)
+            literal_help(cmd.callback)
     for group in app_.registered_groups:
         if group.typer_instance is not None:
             wrap_commands(group.typer_instance)
@@ -140,3 +141,18 @@ def parse_str_list(text: Optional[str]) -> Optional[list[str]]:
     if text is None or text == "":
         return None
     return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def literal_help(fn: Callable[..., Any]) -> None:
+    """Help texts are shown through rich markup, which would eat "[train]" or "percentile[:LOW,HIGH]":
+    escape the brackets of the docstring and of every option's and argument's help."""
+    import inspect
+
+    from rich.markup import escape
+
+    if fn.__doc__:
+        fn.__doc__ = escape(fn.__doc__)
+    for param in inspect.signature(fn).parameters.values():
+        info = param.default
+        if getattr(info, "help", None) and hasattr(info, "param_decls"):
+            info.help = escape(info.help)

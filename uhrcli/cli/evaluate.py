@@ -6,11 +6,11 @@ register on it: `from uhrcli.cli.evaluate import eval_app`.
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import typer
 from rich.table import Table
 from typer.core import TyperGroup
@@ -26,15 +26,27 @@ class _RunByDefault(TyperGroup):
             args = ["run", *args]
         return super().parse_args(ctx, args)
 
+    def format_help(self, ctx, formatter):  # type: ignore[no-untyped-def]
+        """`uhr eval --help` also shows the options of `uhr eval --weights W --data D` (that is `run`'s)."""
+        super().format_help(ctx, formatter)
+        run = self.get_command(ctx, "run")
+        if run is not None:
+            import click
+
+            console.print("\n[bold]uhr eval --weights W --data D[/bold] (the same as [bold]uhr eval run[/bold]): "
+                          "these options", highlight=False)
+            run.format_help(click.Context(run, info_name="run", parent=ctx), formatter)
+
 
 eval_app = typer.Typer(cls=_RunByDefault, no_args_is_help=True,
                        help="Score segmentation (and saliency) outputs against ground truth; "
-                            "`uhr eval --weights W --data D` runs a model on a dataset and scores it.")
+                            "`uhr eval --weights W --data D` runs a model on a dataset and scores it "
+                            "(its options are listed below).")
 app.add_typer(eval_app, name="eval")
 
 
 def _fmt(v: float) -> str:
-    return "-" if v is None or np.isnan(v) else f"{100 * v:.2f}"
+    return "-" if v is None or math.isnan(v) else f"{100 * v:.2f}"
 
 
 def print_report(report, title: str) -> None:
@@ -80,11 +92,26 @@ def _excludes(text: Optional[str]) -> list[int]:
     return parse_int_list(text, "--mean-exclude") or []
 
 
+def _stored_names(pred: Path, gt: Path) -> Optional[list[str]]:
+    """The class names the first prediction (else the first label) carries, as `uhr segment` writes them."""
+    from ..evaluate.files import list_rasters, stored_class_names
+
+    for where in (pred, gt):
+        try:
+            files = list_rasters(Path(where))
+        except Exception:  # noqa: BLE001 - evaluate_paths reports a bad path in its own words
+            continue
+        names = stored_class_names(files[0]) if files else None
+        if names:
+            return names
+    return None
+
+
 @eval_app.command("segment")
 def eval_segment(
     pred: Path = typer.Option(..., "--pred", "-p", help="Predicted class map, or a folder of them (matched by stem).", readable=False),
     gt: Path = typer.Option(..., "--gt", "-g", help="Ground-truth mask, or a folder of them.", readable=False),
-    classes: Optional[str] = typer.Option(None, "--classes", "-c", help="Number of classes or names.txt (default 2)."),
+    classes: Optional[str] = typer.Option(None, "--classes", "-c", help="Number of classes or names.txt (default: the names the prediction or the label carries, else 2: background, foreground)."),
     ignore_index: Optional[int] = typer.Option(None, "--ignore-index", help="GT value left out (255 always is, except 0/255 two-class masks, where it means class 1 unless named here)."),
     mean_exclude: Optional[str] = typer.Option(None, "--mean-exclude", help="Class ids left out of the means, e.g. 0 for DeepGlobe 'unknown'."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write every number to this JSON file."),
@@ -97,7 +124,7 @@ def eval_segment(
     """
     from ..evaluate import evaluate_paths
 
-    names = _names(classes) or ["background", "foreground"]
+    names = _names(classes) or _stored_names(pred, gt) or ["background", "foreground"]
     report = evaluate_paths(pred, gt, len(names), ignore_index=ignore_index, class_names=names,
                             mean_excludes=_excludes(mean_exclude))
     if json_out is not None:

@@ -7,37 +7,33 @@ from pathlib import Path
 from typing import Callable, Iterator, List, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from ..errors import OutputError
 from .common import app, console, console_err
+from .progress import emit_json, job_progress
 
 from .evaluate import eval_app
 
 
 @contextmanager
-def image_progress(enabled: bool) -> Iterator[Callable[[str, int, int], None]]:
-    """A rich bar counting images (with images/s) fed by run_saliency's progress callback."""
-    if not enabled or not console_err.is_terminal:
-        yield lambda event, done, total: None
-        return
-    progress = Progress(TextColumn("[bold]saliency"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("[cyan]{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                        console=console_err, transient=False)
-    state: dict = {}
+def image_progress(enabled: bool, as_json: bool = False) -> Iterator[Callable[[str, int, int], None]]:
+    """run_saliency's progress callback ("start", "image", "end") as one phase, "images", of a JobProgress:
+    a bar with images/s and the ETA, log lines, or JSON events."""
+    with job_progress("saliency", enabled=enabled, as_json=as_json, unit="images", rate_unit="img/s",
+                      scale=1.0) as job:
+        def cb(event: str, done: int, total: int) -> None:
+            if event == "start":
+                job("start", 0, total)
+                job("phase:images", 0, total)
+            elif event == "image":
+                job("advance", done, 0)
+            elif event == "end":
+                p = job.current
+                if p is not None and p.done >= p.total:
+                    job("done", 0, 0)
+                job("end", 0, 0)
 
-    def cb(event: str, done: int, total: int) -> None:
-        if event == "start":
-            state["task"] = progress.add_task("saliency", total=total, rate="-- img/s")
-        elif event == "image" and "task" in state:
-            progress.advance(state["task"], done)
-            task = progress.tasks[0]
-            elapsed = task.elapsed or 0.0
-            rate = task.completed / elapsed if elapsed > 0 else 0.0
-            progress.update(state["task"], rate=f"{rate:.2f} img/s")
-
-    with progress:
         yield cb
 
 
@@ -59,6 +55,8 @@ def saliency_cmd(
     skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip images whose outputs all exist (resume a run)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+    as_json: bool = typer.Option(False, "--json", help="Progress and results as JSON lines on stdout (phase events, "
+                                 "one result per image, a summary); human text goes to stderr."),
 ) -> None:
     """Salient-object maps (PGNet) for photos and gigapixel images.
 
@@ -75,20 +73,22 @@ def saliency_cmd(
     def on_error(path: Path, msg: str) -> None:
         console_err.print(f"[red]error:[/red] {msg}", highlight=False, soft_wrap=True)
 
-    with image_progress(not quiet) as cb:
+    with image_progress(not quiet, as_json) as cb:
         report = run_saliency([str(p) for p in inputs], outdir, model=model, weights=weights, size=size,
                               outputs=output, threshold=threshold, bit_depth=bit_depth, device=device, amp=amp,
                               batch_size=batch_size, recursive=recursive, pattern=pattern,
                               skip_existing=skip_existing, overwrite=overwrite, progress=cb, on_error=on_error)
     for note in report.notes:
         console_err.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
-    if not quiet:
+    if as_json:
+        _emit_report(report)
+    elif not quiet:
         streamed = sum(r.streamed for r in report.results)
         extra = f", {streamed} streamed" if streamed else ""
         console.print(f"{len(report.results)} image(s) written{extra}, {len(report.failed)} failed, "
                       f"{len(report.skipped)} skipped in {report.seconds:.1f} s ({report.images_per_s:.2f} images/s), "
-                      f"peak RSS {report.peak_rss_mb:.0f} MB [{report.model} at {report.size}px on {report.device}]",
-                      highlight=False)
+                      f"peak RSS {report.peak_rss_mb:.0f} MB ({report.model} at {report.size}px on {report.device})",
+                      highlight=False, markup=False)
     if not report.ok:
         # not typer.Exit: run_app runs click with standalone_mode=False, which would swallow its code
         raise SystemExit(1)
@@ -117,6 +117,20 @@ def eval_saliency_cmd(
     for key, label in METRIC_LABELS.items():
         table.add_row(label, f"{res['metrics'][key]:.4f}")
     console.print(table)
+
+
+def _emit_report(report) -> None:
+    """`uhr saliency --json`: one result per image written, one per failure, then the run's summary."""
+    for r in report.results:
+        emit_json({"event": "result", "input": str(r.input), "outputs": [str(o) for o in r.outputs],
+                   "width": r.width, "height": r.height, "seconds": round(r.seconds, 3), "streamed": r.streamed,
+                   "notes": list(r.notes)})
+    for path, msg in report.failed:
+        emit_json({"event": "failed", "input": str(path), "error": msg})
+    emit_json({"event": "summary", "written": len(report.results), "failed": len(report.failed),
+               "skipped": len(report.skipped), "seconds": round(report.seconds, 3),
+               "images_per_s": round(report.images_per_s, 3), "peak_rss_mb": round(report.peak_rss_mb, 1),
+               "model": report.model, "size": report.size, "device": report.device, "notes": list(report.notes)})
 
 
 def _write_json(path: Path, res: dict) -> None:

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from ..units import parse_size
 from .common import app, console, console_err, parse_int_list
-from .progress import pixel_progress
+from .progress import emit_json, job_progress
 
 
 @app.command("segment")
@@ -48,6 +48,8 @@ def segment_cmd(
     skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip inputs whose outputs all exist (resume a "
                                        "folder run)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+    as_json: bool = typer.Option(False, "--json", help="Progress and results as JSON lines on stdout (one object a "
+                                 "line: phase events, then one result per output); human text goes to stderr."),
 ) -> None:
     """Segment rasters of any size into georeferenced class maps, tile by tile in bounded memory.
 
@@ -66,6 +68,8 @@ def segment_cmd(
                           cache_dir=cache_dir, vector=vector)
 
     def on_error(path: Path, msg: str) -> None:
+        if as_json:
+            emit_json({"event": "failed", "input": str(path), "error": msg})
         console_err.print(f"[red]error:[/red] {msg}", highlight=False, soft_wrap=True)
 
     def on_note(msg: str) -> None:
@@ -73,10 +77,13 @@ def segment_cmd(
 
     opts.on_note = on_note
 
-    with pixel_progress("segment", not quiet) as cb:
+    with job_progress("", enabled=not quiet, as_json=as_json) as job:
         results = segment([str(p) for p in inputs] if len(inputs) > 1 else str(inputs[0]), output, model=model,
-                          weights=weights, device=device, options=opts, progress=cb, on_error=on_error)
-    if not quiet:
+                          weights=weights, device=device, options=opts, progress=job, on_error=on_error)
+    if as_json:
+        for r in results:
+            emit_json(result_json(r, job.history.get(str(r.input), {})))
+    elif not quiet:
         _summary(results)
     if results.failed:
         console_err.print(f"[red]error:[/red] {len(results.failed)} of "
@@ -104,3 +111,11 @@ def _summary(results) -> None:
     console.print(f"{len(results)} raster(s), {total_px / 1e6:.1f} MP in {total_s:.1f} s "
                   f"({total_px / 1e6 / max(total_s, 1e-9):.2f} MP/s), peak RSS {max(r.peak_rss_mb for r in results):.0f} MB",
                   highlight=False)
+
+
+def result_json(r, phases: dict[str, float]) -> dict:
+    """The summary object of one output (`uhr segment --json`)."""
+    return {"event": "result", "input": str(r.input), "output": str(r.output),
+            "probs_output": None if r.probs_output is None else str(r.probs_output), "width": r.width,
+            "height": r.height, "seconds": round(r.seconds, 3), "mpix_per_s": round(r.mpix_per_s, 3),
+            "peak_rss_mb": round(r.peak_rss_mb, 1), "resumed": r.resumed, "notes": list(r.notes), "phases": phases}

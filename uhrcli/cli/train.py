@@ -13,10 +13,10 @@ from .common import app, console, console_err
 
 @app.command("train")
 def train_cmd(
-    data: Optional[Path] = typer.Option(None, "--data", "-d", help="Dataset folder (images/+masks/, img/+ann/, Inria images/+gt/, DeepGlobe *_sat.jpg, DUTS X-Image/X-Mask)."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Registry model, e.g. fcn-tiny, isdnet-r18."),
+    data: Optional[Path] = typer.Option(None, "--data", "-d", help="Required (or from --config). Dataset folder (images/+masks/, img/+ann/, Inria images/+gt/, DeepGlobe *_sat.jpg, DUTS X-Image/X-Mask)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Required (or from --config). Registry model, e.g. fcn-tiny, isdnet-r18."),
     classes: Optional[str] = typer.Option(None, "--classes", "-c", help="Number of classes or a names.txt (one per line); DeepGlobe/Inria default from the layout."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Run folder (checkpoints, metrics.csv, curves.png, config.json)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Required (or from --config). Run folder (checkpoints, metrics.csv, curves.png, config.json)."),
     val: Optional[Path] = typer.Option(None, "--val", help="Validation folder (same layouts); mIoU/MAE each epoch picks best.safetensors."),
     layout: Optional[str] = typer.Option(None, "--layout", help="auto, pairs, deepglobe, inria, saliency or flat."),
     task: Optional[str] = typer.Option(None, "--task", help="segment or saliency (default from the data and model)."),
@@ -110,6 +110,14 @@ def train_cmd(
     finally:
         progress.stop()
     if quiet:
+        return
+    if result.already_complete:
+        loss = "none recorded" if result.final_loss != result.final_loss else f"{result.final_loss:.4f}"
+        console.print(f"already complete: {result.run_dir} finished all {result.total_steps} steps earlier; nothing "
+                      f"trained. Recorded final loss {loss}" + (f"; best {result.metric_name} {result.best_metric:.4f}"
+                                                                if result.best_metric is not None else ""),
+                      highlight=False)
+        console.print(f"weights: {result.last}" + (f"  best: {result.best}" if result.best else ""), highlight=False)
         return
     how = "stopped" if result.stopped_early else "finished"
     console.print(f"{how} at step {result.step}/{result.total_steps} in {result.seconds:.1f} s; final loss "

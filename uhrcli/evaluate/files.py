@@ -157,6 +157,33 @@ def evaluate_pairs(pairs: Sequence[tuple[Path, Path]], num_classes: int, *, igno
     return EvalReport(metrics_from_confusion(total, class_names, mean_excludes), files, notes=notes)
 
 
+def stored_class_names(path: Path) -> list[str] | None:
+    """The class names a class map carries: `uhr segment` writes them as a GeoTIFF tag (class_names, JSON)
+    or a zarr attribute; None when the file has none (or cannot say)."""
+    import json
+
+    path = Path(path)
+    try:
+        if path.is_dir():  # a zarr group or array
+            import zarr
+
+            node = zarr.open(str(path), mode="r")
+            names = dict(node.attrs).get("class_names")
+            if names is None and hasattr(node, "keys") and "classes" in node:
+                names = dict(node["classes"].attrs).get("class_names")
+        else:
+            import rasterio
+
+            with rasterio.open(path) as ds:
+                text = ds.tags().get("class_names")
+            names = json.loads(text) if text else None
+    except Exception:  # noqa: BLE001 - names are a nicety; the scoring reads the file again and reports errors
+        return None
+    if isinstance(names, list) and names and all(isinstance(n, str) for n in names):
+        return names
+    return None
+
+
 def evaluate_paths(pred: str | os.PathLike, gt: str | os.PathLike, num_classes: int, **kw: Any) -> EvalReport:
     """Files or folders; folders are matched by stem and the leftovers reported, not fatal unless nothing matches."""
     preds, gts = list_rasters(Path(pred)), list_rasters(Path(gt))

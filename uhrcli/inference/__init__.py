@@ -28,6 +28,7 @@ from .runner import Runner
 
 
 class Inferer(Protocol):
+    phases: tuple[tuple[str, float], ...]  # phases prepare() and the tile pass report, with relative costs
     num_classes: int
     halo: int  # full-resolution pixels of context a tile needs on each side
     multiple: int  # tile origins on multiples of this

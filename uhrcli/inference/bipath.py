@@ -103,6 +103,9 @@ def _sum(t: torch.Tensor, origin: tuple[int, int], core: tuple[Span, Span]) -> t
 
 
 class BiPathInferer:
+    # phases it reports and their relative cost per pixel (isdnet-r18, 100 MP on CPU: see uhrcli.progress)
+    phases = (("deep branch", 0.17), ("shallow pass", 0.64), ("fusion pass", 0.05), ("tiles", 0.12))
+
     def __init__(self, model: torch.nn.Module, runner: Runner, options: InferOptions):
         self.model = runner.prepare_model(model)
         self.run, self.opts = runner, options

@@ -22,6 +22,8 @@ from .runner import Runner
 
 
 class DeepInferer:
+    phases = (("deep branch", 0.7), ("tiles", 0.3))  # relative cost per pixel (see uhrcli.progress)
+
     def __init__(self, model: torch.nn.Module, runner: Runner, options: InferOptions):
         self.model = runner.prepare_model(model)
         self.run, self.opts = runner, options

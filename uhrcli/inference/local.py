@@ -23,6 +23,8 @@ from .runner import Runner
 
 
 class LocalInferer:
+    phases = (("tiles", 1.0),)  # the one phase it reports (see uhrcli.progress)
+
     def __init__(self, model: torch.nn.Module, runner: Runner, options: InferOptions, use_logits: bool = True):
         self.model = runner.prepare_model(model)
         self.run, self.opts = runner, options

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import CheckpointError, MissingInputError, OutputError, first_line
+from ..io.filemode import usual_mode
 from .base import ModelInfo
 from .registry import create_model
 
@@ -53,17 +54,11 @@ def _write_safetensors(state: dict[str, torch.Tensor], meta: dict[str, Any], pat
     tmp = path.with_name(path.name + ".tmp")
     try:
         save_file(state, str(tmp), metadata={META_KEY: json.dumps(meta)})
-        os.chmod(tmp, 0o666 & ~_umask())  # the writer makes it private (0600): a model is shared like any file
+        usual_mode(tmp)  # the writer makes it private (0600): a model is shared like any file
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, half: bool = True,

@@ -108,7 +108,8 @@ class TrainConfig:
             raise UsageError(f"unknown training setting(s): {', '.join(unknown)}")
         missing = [k for k in ("data", "model", "output") if values.get(k) in (None, "")]
         if missing:
-            raise UsageError("missing " + ", ".join("--" + m if m != "output" else "-o/--output" for m in missing))
+            raise UsageError("missing " + ", ".join("--" + m if m != "output" else "-o/--output" for m in missing)
+                             + " (required: give them as options or in the --config file)")
         return cls(**values)
 
 

@@ -57,7 +57,18 @@ class TrainResult:
     seconds: float = 0.0
     resumed_from: int = 0
     stopped_early: bool = False
+    already_complete: bool = False  # a resume of a finished run: nothing was trained, final_loss is the recorded one
     notes: list[str] = field(default_factory=list)
+
+
+def recorded_loss(rows: list[dict[str, str]]) -> float:
+    """The training loss of the last logged step in metrics.csv (nan when none was logged)."""
+    for row in reversed(rows):  # validation rows leave the loss empty
+        try:
+            return float(row["loss"])
+        except (KeyError, TypeError, ValueError):
+            continue
+    return float("nan")
 
 
 def _ceil_to(v: int, m: int) -> int:
@@ -400,13 +411,15 @@ def train(cfg: TrainConfig, on_event: Event | None = None) -> TrainResult:
                 break
     finally:
         ds.close()
+    already = step == resumed_from and step >= total
     if step == resumed_from:  # nothing left to do (a resume of a finished run)
         notes.append(f"nothing to train: the run is already at step {step} of {total}")
+        final_loss = recorded_loss(csv_log.rows())
     # the last step always checkpoints, and the curves were redrawn with it
     result = TrainResult(run_dir=run, last=run / LAST, best=(run / BEST) if (run / BEST).exists() else None,
                          step=step, total_steps=total, epoch=(max(step, 1) - 1) // spe + 1, metric_name=metric_name,
                          best_metric=best, last_val=last_val, final_loss=final_loss,
                          seconds=time.perf_counter() - t_start, resumed_from=resumed_from,
-                         stopped_early=step < total, notes=notes)
+                         stopped_early=step < total, already_complete=already, notes=notes)
     emit("end", {"result": result})
     return result
