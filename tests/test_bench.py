@@ -197,6 +197,8 @@ def test_pipeline_record(tmp_path) -> None:
     assert rec["ratio"] == pytest.approx(rec["e2e_mp_per_s"] / rec["model_only_mp_per_s"])
     assert rec["peak_rss_mb"] > r.baseline_rss_mb
     assert rec["seconds"] >= rec["model_s"] > 0
+    # one 512 tile, no neighbours to take a halo from: exactly the raw RGB bytes crossed, not 4 x 3 floats
+    assert rec["bytes_to_device_per_px"] == 3.0
     path, cached = cached_raster(512, tmp_path)
     assert cached and str(path) == rec["raster"]
     import rasterio

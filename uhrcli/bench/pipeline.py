@@ -66,6 +66,9 @@ def _run(spec: dict[str, Any], name: str, device: torch.device) -> dict[str, Any
         "tiles": res.stats.tiles, "read_s": res.stats.read_seconds, "model_s": res.stats.model_seconds,
         "write_s": res.stats.write_seconds, "peak_rss_mb": round(e2e_rss, 1), "peak_mem_mb": round(e2e_rss, 1),
         "batch_size": batch, "amp": amp,
+        # what crossed to the device per output pixel: raw pixels (plus the halo's and the deep branch's reads);
+        # with normalisation on the host it would be 4 bytes x bands
+        "bytes_to_device_per_px": res.stats.extra.get("inferer", {}).get("bytes_to_device", 0) / max(1, res.height * res.width),
     }
     if device.type == "cuda":
         out["gpu_peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20

@@ -16,7 +16,7 @@ from .runner import BenchReport
 MODEL_COLUMNS = ["model", "size", "status", "fps", "latency_ms_median", "latency_ms_p90", "mp_per_s", "peak_mem_mb",
                  "params_m", "gflops", "gflops_per_s", "efficiency", "baseline_rss_mb", "model_rss_mb"]
 PIPELINE_COLUMNS = ["model", "size", "status", "seconds", "e2e_mp_per_s", "model_only_mp_per_s", "ratio", "tiles",
-                    "peak_rss_mb", "baseline_rss_mb", "read_s", "model_s", "write_s"]
+                    "peak_rss_mb", "baseline_rss_mb", "read_s", "model_s", "write_s", "bytes_to_device_per_px"]
 
 
 def write_json(report: BenchReport, path: str | os.PathLike) -> Path:
@@ -118,7 +118,7 @@ def model_table(report: BenchReport) -> Table:
 def pipeline_table(report: BenchReport) -> Table:
     t = Table(show_edge=False, header_style="bold")
     cols = ["Model", "Size", "Tiles", "Seconds", "E2E MP/s", "Model MP/s", "Ratio", "Peak RSS MB", "Read s",
-            "Model s", "Write s"]
+            "Model s", "Write s", "B/px to device"]
     for c in cols:
         t.add_column(c, justify="left" if c == "Model" else "right")
     for r in report.records:
@@ -128,7 +128,8 @@ def pipeline_table(report: BenchReport) -> Table:
             continue
         t.add_row(r["model"], str(r["size"]), str(r["tiles"]), _f(r["seconds"], 1), _f(r["e2e_mp_per_s"], 2),
                   _f(r["model_only_mp_per_s"], 2), _f(r.get("ratio"), 2), _f(r["peak_rss_mb"], 0),
-                  _f(r["read_s"], 1), _f(r["model_s"], 1), _f(r["write_s"], 1))
+                  _f(r["read_s"], 1), _f(r["model_s"], 1), _f(r["write_s"], 1),
+                  _f(r.get("bytes_to_device_per_px"), 2))
     return t
 
 

@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from .common import app, console, console_err, parse_int_list
-from .progress import pixel_progress
+from .progress import job_progress
 
 CLASSES_HELP = ("Class ids to vectorise, e.g. 1,2 (default: every class except the nodata value, 255 in uhr's "
                 "maps, and a class named 'background').")
@@ -39,7 +39,7 @@ def vectorize_cmd(
 
     opts = VectorOptions(simplify=simplify, min_area=min_area, classes=parse_int_list(classes, "--classes"),
                          connectivity=connectivity, probs=probs, overwrite=overwrite)
-    with pixel_progress("vectorize", not quiet) as cb:
+    with job_progress("vectorize", enabled=not quiet) as cb:
         r = vectorize(class_map, output, options=opts, progress=cb)
     if quiet:
         return

@@ -38,9 +38,11 @@ def plan(model: torch.nn.Module, height: int, width: int, device: torch.device, 
 def inferer_report(inferer: Inferer) -> dict:
     """What an inferer did, as plain numbers (phase seconds, shallow runs, cache tiers), for reports."""
     st = getattr(inferer, "stats", None)
-    if st is None:
-        return {}
-    return {k: v for k, v in vars(st).items() if k != "means"}
+    out = {} if st is None else {k: v for k, v in vars(st).items() if k != "means"}
+    run = getattr(inferer, "run", None)
+    if run is not None:
+        out["bytes_to_device"] = int(run.bytes_in)
+    return out
 
 
 @dataclass

@@ -15,12 +15,14 @@ class Runner:
 
     def __init__(self, device: torch.device, amp: bool = False, channels_last: bool = True):
         self.device, self.amp, self.channels_last = device, amp, channels_last
+        self.bytes_in = 0  # bytes handed to the device (raw pixels, features read back from the host caches)
 
     def tensor(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
         """(C, H, W) or (B, C, H, W) float -> a batch on the device, channels-last when asked."""
         t = torch.as_tensor(x)
         if t.ndim == 3:
             t = t[None]
+        self.bytes_in += t.numel() * t.element_size()
         t = t.to(self.device, non_blocking=True)
         return t.contiguous(memory_format=torch.channels_last) if self.channels_last else t
 
@@ -31,6 +33,7 @@ class Runner:
         t = host = torch.from_numpy(np.ascontiguousarray(raw))
         if t.ndim == 3:
             t = t[None]
+        self.bytes_in += t.numel() * t.element_size()
         if self.device.type == "cuda":
             t = t.pin_memory()
         t = t.to(self.device, non_blocking=True)
