@@ -95,7 +95,8 @@ def test_outputs_get_the_mode_of_the_umask(tmp_path, umask_027):
     segment(str(src), tmp_path / "m.zarr", model="fcn-tiny", weights="random")
     segment(str(src), tmp_path / "c.tif", model="fcn-tiny", weights="random", fmt="cog")
     export_checkpoint(DEMO, tmp_path / "shared.safetensors")
-    for name in ("m.tif", "m_probs.tif", "m_preview.png", "c.tif", "shared.safetensors", "m.zarr/zarr.json"):
+    for name in ("m.tif", "m_probs.tif", "m_preview.png", "c.tif", "shared.safetensors", "m.zarr/.zgroup",
+                 "m.zarr/classes/.zarray"):
         assert _mode(tmp_path / name) == 0o640, name
     assert _mode(tmp_path / "m.zarr") == 0o750
 
