@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -21,7 +20,6 @@ from PIL import Image
 
 HERE = Path(__file__).resolve().parent
 PHOTO = HERE.parent.parent / "shared" / "data" / "photos" / "cascadepsp_aeroplane.jpg"
-CACHE = Path(os.environ.get("UHR_BENCH_CACHE", "/tmp/uhr-bench"))
 
 
 def make_folder(n: int, out: Path, size: tuple[int, int] = (3840, 2160)) -> list[Path]:
@@ -53,12 +51,18 @@ def main() -> None:
     ap.add_argument("--model", default="pgnet")
     ap.add_argument("--weights", default="random")
     ap.add_argument("--output", default="map", help="uhr saliency --output kinds")
+    ap.add_argument("--cache-dir", default=None, help="folder for the photos and maps (default: as uhr bench's, "
+                    "$UHR_CACHE_DIR/bench or ~/.cache/uhr/bench)")
     a = ap.parse_args()
+    from uhrcli.bench.synth import cache_dir
+
+    cache = cache_dir(a.cache_dir)
+    print(f"photos and maps go to {cache}", file=sys.stderr)
     if not PHOTO.exists():
         raise SystemExit(f"needs the real photo {PHOTO}")
-    folder = CACHE / f"photos4k_{a.images}"
+    folder = cache / f"photos4k_{a.images}"
     make_folder(a.images, folder)
-    out = CACHE / "saliency_out"
+    out = cache / "saliency_out"
     cmd = [sys.executable, "-m", "uhrcli", "saliency", str(folder), "-o", str(out), "--model", a.model,
            "--weights", a.weights, "--size", str(a.size), "--output", a.output, "--overwrite", "--quiet"]
     t = time.perf_counter()
