@@ -1,7 +1,7 @@
 """The scratch store: a zarr group beside the output that makes runs resumable.
 
-It holds the merged result, tile completion and (for blending) per-tile-row
-accumulators. A fingerprint of input, model and settings guards --resume
+It holds the merged result, tile completion and (for blending) the seam strip
+a finished tile row shares with the next. A fingerprint of input, model and settings guards --resume
 against continuing with something different.
 """
 from __future__ import annotations
@@ -177,21 +177,29 @@ class Scratch:
     def mark_done(self, r: int, c: int) -> None:
         self.done[r, c] = 1
 
-    # -- blending accumulators, one per tile row -------------------------------------------------
-    def accumulator(self, r: int, shape: tuple[int, int, int], chunk_w: int, create: bool) -> zarr.Array:
-        name = f"acc_{r}"
-        if create:
-            if name in self.group:
-                del self.group[name]
-            return self.group.create_array(name, shape=shape, chunks=(shape[0], shape[1], min(chunk_w, shape[2])),
-                                           dtype="float32", fill_value=0.0)
-        return self.group[name]
+    def mark_row_done(self, r: int) -> None:
+        self.done[r, :] = 1
 
-    def has_accumulator(self, r: int) -> bool:
-        return f"acc_{r}" in self.group
+    # -- blending: the strip a finished tile row shares with the next, for a resumed run --------------
+    def save_seam(self, r: int, sums: np.ndarray, valid: np.ndarray | None) -> None:
+        """Uncompressed (read once, dropped a row later); `valid` rides along as an extra plane."""
+        planes = sums if valid is None else np.concatenate([sums, valid[None].astype(np.float32)])
+        name = f"seam_{r}"
+        if name in self.group:
+            del self.group[name]
+        arr = self.group.create_array(name, shape=planes.shape, chunks=planes.shape, dtype="float32",
+                                      fill_value=0.0, compressors=None, attributes={"masked": valid is not None})
+        arr[...] = planes
 
-    def drop_accumulator(self, r: int) -> None:
-        name = f"acc_{r}"
+    def load_seam(self, r: int) -> tuple[np.ndarray, np.ndarray | None]:
+        arr = self.group[f"seam_{r}"]
+        planes = np.asarray(arr[...])
+        if arr.attrs.get("masked"):
+            return planes[:-1], planes[-1].astype(np.uint8)
+        return planes, None
+
+    def drop_seam(self, r: int) -> None:
+        name = f"seam_{r}"
         if name in self.group:
             del self.group[name]
 
@@ -210,7 +218,7 @@ class MemoryScratch:
         self.done = np.zeros(grid_shape, np.uint8)
         self.finalized_rows = 0
         self.attrs: dict[str, Any] = {}
-        self._acc: dict[int, np.ndarray] = {}
+        self._seams: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
 
     def done_tiles(self) -> np.ndarray:
         return self.done.astype(bool)
@@ -218,16 +226,17 @@ class MemoryScratch:
     def mark_done(self, r: int, c: int) -> None:
         self.done[r, c] = 1
 
-    def accumulator(self, r: int, shape: tuple[int, int, int], chunk_w: int, create: bool) -> np.ndarray:
-        if create:
-            self._acc[r] = np.zeros(shape, np.float32)
-        return self._acc[r]
+    def mark_row_done(self, r: int) -> None:
+        self.done[r, :] = 1
 
-    def has_accumulator(self, r: int) -> bool:
-        return r in self._acc
+    def save_seam(self, r: int, sums: np.ndarray, valid: np.ndarray | None) -> None:
+        self._seams[r] = (sums.copy(), None if valid is None else valid.copy())
 
-    def drop_accumulator(self, r: int) -> None:
-        self._acc.pop(r, None)
+    def load_seam(self, r: int) -> tuple[np.ndarray, np.ndarray | None]:
+        return self._seams[r]
+
+    def drop_seam(self, r: int) -> None:
+        self._seams.pop(r, None)
 
     def remove(self) -> None:
-        self._acc.clear()
+        self._seams.clear()

@@ -16,6 +16,7 @@ import torch
 from . import __version__
 from .device import default_amp, resolve_device
 from .engine import EngineStats, Preprocess, run_tiles
+from .merge import merge_margin
 from .batch import BatchReport, Job, check_existing, run_batch
 from .proc import bound_heap, peak_rss_mb
 from .progress import ReportReads, segment_plan
@@ -279,6 +280,7 @@ def _segment_locked(src: Path, target: Path, fmt: str, outputs: list[Path], ppat
         try:
             state = scratch.group.attrs.get("inferer_state") if resumed else None
             pending = int(len(grid) - scratch.done_tiles().sum())
+            inferer.out_margin = merge_margin(grid, opts.merge)
             if pending:
                 new_state = inferer.prepare(reader, preprocess, grid, progress, state=state)
                 if new_state is not None:

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..engine import EngineStats, Preprocess, run_tiles
+from ..merge import merge_margin
 from ..io.readers import RasterReader
 from ..io.scaling import make_scaler
 from ..scratch import MemoryScratch
@@ -64,6 +65,7 @@ def infer_raster(model: torch.nn.Module, reader: RasterReader, *, device: torch.
     scratch = MemoryScratch(reader.height, reader.width, info.num_classes, grid.shape, probs,
                             masked=reader.meta.mask_kind != "none")
     try:
+        inferer.out_margin = merge_margin(grid, merge)
         inferer.prepare(reader, pre, grid, progress)
         stats = run_tiles(reader, grid, inferer, scratch, merge=merge, batch_size=batch_size)
     finally:
