@@ -187,6 +187,7 @@ def run_tiles(reader: RasterReader, grid: TileGrid, predictor, scratch: Scratch,
             out(r0, r1, np.asarray(scratch.classes[r0:r1]), None if probs is None else np.asarray(probs[:, r0:r1]))
     tiles = merger.pending()
     predictor.classes_only = merge == "crop" and scratch.probs is None
+    predictor.quantised = merge == "crop" and scratch.probs is not None
     if predictor.out_margin != merger.margin:  # passes prepared for other windows would not cover these
         raise RuntimeError(f"the inferer was prepared for out_margin {predictor.out_margin}, the merger needs "
                            f"{merger.margin}: set it (uhrcli.merge.merge_margin) before prepare()")

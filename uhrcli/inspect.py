@@ -59,7 +59,11 @@ def estimate_memory(height: int, width: int, bands: int, model_name: str, tile: 
         "scratch chunk writes": 2 * grid.tile_h * grid.tile_w * (1 + k),
     }
     if merge == "blend":
-        parts["blend row buffers"] = 2 * (k + 1) * 4 * grid.tile_h * grid.tile_w
+        from .merge import blend_margin
+
+        m, w = blend_margin(grid), grid.width  # two horizontal strips (two rows' sums each), one row of uint8
+        parts["blend seam strips and row band"] = (4 * (k + 1) * 4 * 2 * m * w + (1 + k) * grid.tile_h * w
+                                                   + (k + 1) * 4 * grid.tile_h * 2 * m * len(grid.cols))
     ram, disk = estimate_cache_bytes(kind, info, height, width, cache or CacheBudget(), bands)
     parts.update(ram)
     return MemoryEstimate(parts, disk), grid

@@ -86,18 +86,20 @@ class CropMerger:
         return self._bands[r]
 
     def add(self, tile: Tile, probs: np.ndarray | None, valid: np.ndarray | None) -> None:
-        """probs: (K, h, w) probabilities or (1, h, w) uint8 classes over the core; None for an all-nodata tile."""
+        """probs: (K, h, w) probabilities, (1, h, w) uint8 classes or (1 + K, h, w) uint8 classes and probabilities
+        over the core; None for an all-nodata tile."""
         band = self._band(tile.row)
         c = tile.core
         rows = slice(0, int(c.height))
         cols = slice(int(c.col_off), int(c.col_off + c.width))
         if probs is not None:
-            band["classes"][rows, cols] = encode(probs, valid)
+            quantised = probs.dtype == np.uint8 and probs.shape[0] > 1  # classes, then probabilities x/255
+            band["classes"][rows, cols] = encode(probs[:1] if quantised else probs, valid)
             if "probs" in band:
-                q = to_uint8_probs(probs)
-                if valid is not None:
-                    q[:, ~valid] = 0
+                q = probs[1:] if quantised else to_uint8_probs(probs)
                 band["probs"][:, rows, cols] = q
+                if valid is not None:
+                    band["probs"][:, rows, cols][:, ~valid] = 0
         self._added[tile.row].append(tile)
         self._left[tile.row] -= 1
         if self._left[tile.row] == 0:

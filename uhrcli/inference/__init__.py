@@ -11,8 +11,8 @@ forward would give, used by `uhr segment`, `uhr eval run`, training's validation
     the final upsampling taken in the whole image's coordinates;
   - anything else -> LocalInferer on the model's own full-resolution output.
 Every inferer answers `__call__(batch, tiles)` with one array per tile covering
-`grid.out_window(tile, out_margin)`: uint8 classes (1, h, w) when `classes_only`, else float32
-probabilities (K, h, w).
+`grid.out_window(tile, out_margin)`: uint8 classes (1, h, w) when `classes_only`; uint8 classes then
+uint8 probabilities (x/255) as (1 + K, h, w) when `quantised`; else float32 probabilities (K, h, w).
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ class Inferer(Protocol):
     halo: int  # full-resolution pixels of context a tile needs on each side
     multiple: int  # tile origins on multiples of this
     classes_only: bool  # set by the engine when no probabilities are written
+    quantised: bool  # set by the engine when probabilities are written as they are (crop merge): uint8 results
     out_margin: int  # set by the engine: pixels beyond the core a merger needs (blend)
 
     def needs_pixels(self, tile: Tile) -> bool: ...
@@ -80,12 +81,18 @@ def class_map(logits: torch.Tensor) -> torch.Tensor:
     return idx[:, None]
 
 
-def logits_to_output(logits: torch.Tensor, classes_only: bool) -> np.ndarray:
-    """(1, K, h, w) logits -> (K, h, w) float32 probabilities, or (1, h, w) uint8 classes taken on the device."""
+def logits_to_output(logits: torch.Tensor, classes_only: bool, quantised: bool = False) -> np.ndarray:
+    """(1, K, h, w) logits -> (K, h, w) float32 probabilities, or (1, h, w) uint8 classes, or (1 + K, h, w) uint8
+    classes and probabilities x/255 (`quantised`), all taken on the device: a quarter of the bytes come back,
+    and the class map is the logits' whatever is written beside it."""
     logits = logits.float()
     if classes_only:
         return class_map(logits)[0].cpu().numpy()
-    return logits_to_probs(logits)[0].cpu().numpy()
+    probs = logits_to_probs(logits)
+    if quantised:
+        q = probs.mul_(255.0).round_().clamp_(0.0, 255.0).to(torch.uint8)  # np.rint's rounding: half to even
+        return torch.cat([class_map(logits), q], 1)[0].cpu().numpy()
+    return probs[0].cpu().numpy()
 
 
 def kind_of(model: torch.nn.Module) -> str:

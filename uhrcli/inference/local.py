@@ -36,6 +36,7 @@ class LocalInferer:
         # the logits' stride; tile origins are multiples of the total stride, so of this too
         self.stride = int(getattr(model, "logit_stride", 1))
         self.classes_only = False
+        self.quantised = False
         self.out_margin = 0
         self._grid: TileGrid | None = None
         self._pre = None
@@ -70,7 +71,7 @@ class LocalInferer:
             else:
                 sr, sc = window_slices(ow, t.read)
                 logits = out[i:i + 1, :, sr, sc]
-            results.append(logits_to_output(logits, self.classes_only))
+            results.append(logits_to_output(logits, self.classes_only, self.quantised))
         return results
 
     def close(self) -> None:
