@@ -37,6 +37,14 @@ def test_segment_on_cuda_agrees_with_cpu_in_fp16_and_fp32(tmp_path, model, weigh
     assert (_classes(f32.output) == ref).mean() >= 0.9999
     assert (_classes(f16.output) == ref).mean() >= 0.999
     assert f16.stats.tiles > 0
+    assert f16.stats.extra["batch_size"] >= 1 and cpu.stats.extra["batch_size"] == 1  # --batch-size auto
+
+
+def test_segment_with_an_explicit_batch_and_compile_on_cuda(tmp_path):
+    kw = dict(model="fcn-tiny", weights="random", tile=256, probs=True)
+    one = segment(str(AUSTIN), tmp_path / "one.tif", device="cuda", batch_size=1, **kw)[0]
+    many = segment(str(AUSTIN), tmp_path / "many.tif", device="cuda", batch_size=4, compile=True, **kw)[0]
+    assert (_classes(one.output) == _classes(many.output)).mean() >= 0.999
 
 
 def test_bytes_to_the_device_are_raw_pixels(tmp_path):

@@ -442,7 +442,7 @@ def run_saliency(inputs: str | os.PathLike | Sequence[str | os.PathLike], outdir
                  progress: ProgressFn | None = None, model_kwargs: dict[str, Any] | None = None,
                  stream_pixels: int = DEFAULT_STREAM_PIXELS, strip_rows: int | None = None,
                  on_error: Callable[[Path, str], Any] | None = None, net: torch.nn.Module | None = None,
-                 ) -> SaliencyReport:
+                 compile: bool = False) -> SaliencyReport:
     """Saliency maps (and masks, cut-outs, previews) for images, folders or gigapixel rasters.
 
     size: the SxS resolution the network sees (default: the model's
@@ -453,7 +453,8 @@ def run_saliency(inputs: str | os.PathLike | Sequence[str | os.PathLike], outdir
     overwrite. progress(event, done, total) gets ("start", 0, n_images),
     ("image", 1, 0) per image finished or failed and ("end", 0, 0);
     on_error(path, message) is called for each failed image. `net` passes an
-    already built model (then model/weights are ignored).
+    already built model (then model/weights are ignored). compile: torch.compile
+    the network (uhrcli.inference.compile; tens of seconds to start).
     """
     t_run = time.perf_counter()
     kinds = parse_outputs(outputs)
@@ -488,6 +489,10 @@ def run_saliency(inputs: str | os.PathLike | Sequence[str | os.PathLike], outdir
     net = net.to(dev).eval()
     if own_net:
         fold_batchnorm(net)
+    if compile:
+        from .inference.compile import compile_model
+
+        compile_model(net)
     report = SaliencyReport(model=info.name, size=size, device=str(dev))
     mean = torch.tensor(info.mean, dtype=torch.float32)
     std = torch.tensor(info.std, dtype=torch.float32)

@@ -16,6 +16,7 @@ import torch
 from . import __version__
 from .device import default_amp, resolve_device
 from .engine import EngineStats, Preprocess, run_tiles
+from .inference.compile import auto_batch_size, compile_model
 from .merge import merge_margin
 from .batch import BatchReport, Job, check_existing, run_batch
 from .proc import bound_heap, peak_rss_mb
@@ -71,7 +72,8 @@ class SegmentOptions:
     tile: int | None = None  # None: default_tile(model kind, device)
     halo: int | None = None  # None: what the model needs for exact output
     merge: str = "crop"
-    batch_size: int = 1
+    batch_size: int | str = "auto"  # tiles per forward pass; auto: 1 on CPU, what memory holds on CUDA
+    compile: bool = False  # torch.compile what the model runs per tile (uhrcli.inference.compile)
     fmt: str | None = None
     probs: bool = False
     bands: Sequence[int] | None = None
@@ -162,8 +164,8 @@ def segment(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str
         raise UsageError(f"--tile must be at least 16, got {opts.tile}")
     if opts.halo is not None and opts.halo < 0:
         raise UsageError(f"--halo must be >= 0, got {opts.halo}")
-    if opts.batch_size < 1:
-        raise UsageError("--batch-size must be >= 1")
+    if opts.batch_size != "auto" and (not isinstance(opts.batch_size, int) or opts.batch_size < 1):
+        raise UsageError(f"--batch-size must be a whole number >= 1 or auto, got {opts.batch_size!r}")
     given = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     output = Path(output)
     many = len(given) > 1 or any(Path(p).is_dir() and not is_zarr_store(Path(p)) for p in given)
@@ -192,6 +194,8 @@ def segment(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str
                          f"as nodata, so they hold at most {W.NODATA} classes")
     if opts.fold_bn:
         fold_batchnorm(net.eval())
+    if opts.compile:
+        compile_model(net)
     wdigest = weights_digest(weights)
     if opts.scaling_record is None:
         opts = replace_options(opts, scaling_record=checkpoint_metadata(weights).get("extra", {}).get("scaling") or {})
@@ -281,6 +285,8 @@ def _segment_locked(src: Path, target: Path, fmt: str, outputs: list[Path], ppat
             state = scratch.group.attrs.get("inferer_state") if resumed else None
             pending = int(len(grid) - scratch.done_tiles().sum())
             inferer.out_margin = merge_margin(grid, opts.merge)
+            batch_size = opts.batch_size if opts.batch_size != "auto" else auto_batch_size(
+                net, grid.tile_h * grid.tile_w + 4 * grid.halo * (grid.tile_h + grid.halo), dev, amp)
             if pending:
                 new_state = inferer.prepare(reader, preprocess, grid, progress, state=state)
                 if new_state is not None:
@@ -294,9 +300,9 @@ def _segment_locked(src: Path, target: Path, fmt: str, outputs: list[Path], ppat
             if progress:
                 progress("phase:tiles", _done_pixels(grid, scratch), total)
             stats = run_tiles(reader, grid, inferer, scratch, merge=opts.merge,
-                              batch_size=opts.batch_size, out=streams.rows if streams is not None else None,
+                              batch_size=batch_size, out=streams.rows if streams is not None else None,
                               on_tile=(lambda t: progress("tile", int(t.core.width * t.core.height), 0)) if progress else None)
-            stats.extra.update({"tile": grid.tile_h, "halo": grid.halo, "tiles": len(grid),
+            stats.extra.update({"tile": grid.tile_h, "halo": grid.halo, "tiles": len(grid), "batch_size": batch_size,
                                 "inferer": inferer_report(inferer)})
             extra = []
             reads = scratch

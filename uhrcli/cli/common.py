@@ -137,6 +137,20 @@ def parse_int_list(text: Optional[str], what: str) -> Optional[list[int]]:
         raise UsageError(f"{what} must be comma-separated integers, got {text!r}") from None
 
 
+def parse_batch_size(text: str) -> int | str:
+    """'auto' or a whole number >= 1 (--batch-size)."""
+    t = text.strip().lower()
+    if t == "auto":
+        return t
+    try:
+        n = int(t)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise UsageError(f"--batch-size must be a whole number >= 1 or auto, got {text!r}")
+    return n
+
+
 def parse_str_list(text: Optional[str]) -> Optional[list[str]]:
     if text is None or text == "":
         return None

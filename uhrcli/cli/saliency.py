@@ -48,6 +48,8 @@ def saliency_cmd(
     threshold: float = typer.Option(0.5, "--threshold", help="Probability for --output mask."),
     bit_depth: int = typer.Option(8, "--bit-depth", help="8 or 16 bits for the map."),
     batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, help="Images per forward pass."),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile (TorchInductor) the network: tens of "
+                                  "seconds to start, for long folders."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="fp16 autocast (CUDA/MPS only; default on for CUDA)."),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Descend into subfolders of folder inputs."),
@@ -76,7 +78,7 @@ def saliency_cmd(
     with image_progress(not quiet, as_json) as cb:
         report = run_saliency([str(p) for p in inputs], outdir, model=model, weights=weights, size=size,
                               outputs=output, threshold=threshold, bit_depth=bit_depth, device=device, amp=amp,
-                              batch_size=batch_size, recursive=recursive, pattern=pattern,
+                              batch_size=batch_size, recursive=recursive, pattern=pattern, compile=compile_,
                               skip_existing=skip_existing, overwrite=overwrite, progress=cb, on_error=on_error)
     for note in report.notes:
         console_err.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from ..units import parse_size
-from .common import app, console, console_err, parse_int_list
+from .common import app, console, console_err, parse_batch_size, parse_int_list
 from .progress import emit_json, job_progress
 
 
@@ -30,7 +30,10 @@ def segment_cmd(
                                              "(default: 80% of the free space)."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Folder of that disk cache (default: beside the output)."),
     merge: str = typer.Option("crop", "--merge", help="crop (keep tile cores) or blend (cosine seams)."),
-    batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, help="Tiles per forward pass."),
+    batch_size: str = typer.Option("auto", "--batch-size", "-b", help="Tiles per forward pass, or auto: 1 on CPU, "
+                                   "what half the free memory holds on CUDA."),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile (TorchInductor) what the model runs per "
+                                  "tile: tens of seconds to start, for long runs."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="fp16 autocast (CUDA/MPS only; default on for CUDA)."),
     fmt: Optional[str] = typer.Option(None, "--format", "-f", help="tif, cog, zarr or png (default from the output suffix)."),
@@ -61,7 +64,8 @@ def segment_cmd(
     if weights == "random" and not quiet:
         console_err.print("[yellow]warning:[/yellow] --weights random: an untrained, seeded model; "
                           "the map is meaningless (use it for dry runs and speed tests)", highlight=False)
-    opts = SegmentOptions(tile=tile, halo=halo, merge=merge, batch_size=batch_size, fmt=fmt, probs=probs,
+    opts = SegmentOptions(tile=tile, halo=halo, merge=merge, batch_size=parse_batch_size(batch_size), fmt=fmt,
+                          probs=probs, compile=compile_,
                           bands=parse_int_list(bands, "--bands"), stretch=stretch, overwrite=overwrite,
                           resume=resume, skip_existing=skip_existing, amp=amp, preview=preview, border=border,
                           cache_ram=parse_size(cache_ram, "--cache-ram"), cache_disk=parse_size(cache_disk, "--cache-disk"),

@@ -248,6 +248,8 @@ class ISDNet(DeepPath, nn.Module):
     any H and W. Training: `losses(x, target)` (official weights).
     """
 
+    compile_targets = ("stdc_net",)  # the shallow branch: its cost, and tensors in and out (uhrcli.inference.compile)
+
     def __init__(self, num_classes: int = 2, backbone: str = "r18", deep_head: str = "aspp", down_ratio: int = 4,
                  channels: int = 128, dilations: Sequence[int] = (1, 12, 24, 36),
                  pool_scales: Sequence[int] = (1, 2, 3, 6), dropout: float = 0.1,
