@@ -19,6 +19,7 @@ import numpy as np
 from .errors import InputError, UhrError, first_line
 from .io.readers import RasterReader
 from .io.scaling import Scaler, normalise
+from .inference import resolve
 from .merge import BlendMerger, CropMerger, RowsOut
 from .proc import trim_heap
 from .scratch import Scratch
@@ -156,7 +157,7 @@ def _writer_thread(merger, inq: queue.Queue, stats: EngineStats, errors: list, o
         try:
             t0 = time.perf_counter()
             tile, probs, valid = item
-            merger.add(tile, probs, valid)
+            merger.add(tile, resolve(probs), valid)
             stats.write_seconds += time.perf_counter() - t0
             on_tile(tile)
         except BaseException as exc:  # noqa: BLE001
@@ -188,6 +189,7 @@ def run_tiles(reader: RasterReader, grid: TileGrid, predictor, scratch: Scratch,
     tiles = merger.pending()
     predictor.classes_only = merge == "crop" and scratch.probs is None
     predictor.quantised = merge == "crop" and scratch.probs is not None
+    predictor.asynchronous = True  # the writer thread resolves Pending results
     if predictor.out_margin != merger.margin:  # passes prepared for other windows would not cover these
         raise RuntimeError(f"the inferer was prepared for out_margin {predictor.out_margin}, the merger needs "
                            f"{merger.margin}: set it (uhrcli.merge.merge_margin) before prepare()")
@@ -216,7 +218,10 @@ def run_tiles(reader: RasterReader, grid: TileGrid, predictor, scratch: Scratch,
 
     def flush(batch: list[TileData]) -> None:
         t0 = time.perf_counter()
-        xs = None if batch[0].x is None else np.stack([b.x for b in batch])
+        if batch[0].x is None:
+            xs = None
+        else:  # one tile: a view, not a copy
+            xs = batch[0].x[None] if len(batch) == 1 else np.stack([b.x for b in batch])
         outs = predictor(xs, [b.tile for b in batch])
         del xs
         trim_heap()

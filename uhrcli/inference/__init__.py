@@ -34,6 +34,7 @@ class Inferer(Protocol):
     multiple: int  # tile origins on multiples of this
     classes_only: bool  # set by the engine when no probabilities are written
     quantised: bool  # set by the engine when probabilities are written as they are (crop merge): uint8 results
+    asynchronous: bool  # set by the engine, whose writer thread waits: results from CUDA may be `Pending`
     out_margin: int  # set by the engine: pixels beyond the core a merger needs (blend)
 
     def needs_pixels(self, tile: Tile) -> bool: ...
@@ -81,18 +82,67 @@ def class_map(logits: torch.Tensor) -> torch.Tensor:
     return idx[:, None]
 
 
-def logits_to_output(logits: torch.Tensor, classes_only: bool, quantised: bool = False) -> np.ndarray:
+class Pending:
+    """A result still crossing from the device: pinned host memory and the event that marks the copy done.
+
+    The engine's writer thread waits on it, so the thread that launches the model goes on to the next tile
+    while the copy (and the merge of earlier tiles) runs: a `.cpu()` per batch stalled the device each time."""
+
+    __slots__ = ("host", "event")
+
+    def __init__(self, host: torch.Tensor, event: Any):
+        self.host, self.event = host, event
+
+    def wait(self) -> np.ndarray:
+        self.event.synchronize()
+        return self.host.numpy()
+
+
+def to_host(t: torch.Tensor, asynchronous: bool = False) -> np.ndarray | Pending:
+    """A device tensor as a numpy array; from CUDA, with `asynchronous`, a Pending copy into pinned memory made
+    on a stream of its own (after the compute that produced it), so the next tile's compute need not wait."""
+    if asynchronous and t.device.type == "cuda":
+        host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        compute = torch.cuda.current_stream(t.device)
+        stream = side_stream(t.device, "d2h")
+        stream.wait_stream(compute)
+        with torch.cuda.stream(stream):
+            host.copy_(t, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record(stream)
+        t.record_stream(stream)  # the caching allocator keeps t until the copy is done
+        return Pending(host, event)
+    return t.cpu().numpy()
+
+
+_SIDE_STREAMS: dict[tuple[str, int, str], Any] = {}
+
+
+def side_stream(device: torch.device, purpose: str) -> Any:
+    """One CUDA stream per device and purpose (h2d, d2h): copies overlap the compute stream's work."""
+    key = (device.type, device.index if device.index is not None else torch.cuda.current_device(), purpose)
+    if key not in _SIDE_STREAMS:
+        _SIDE_STREAMS[key] = torch.cuda.Stream(device=torch.device(device.type, key[1]))
+    return _SIDE_STREAMS[key]
+
+
+def resolve(out: np.ndarray | Pending | None) -> np.ndarray | None:
+    return out.wait() if isinstance(out, Pending) else out
+
+
+def logits_to_output(logits: torch.Tensor, classes_only: bool, quantised: bool = False,
+                     asynchronous: bool = False) -> np.ndarray | Pending:
     """(1, K, h, w) logits -> (K, h, w) float32 probabilities, or (1, h, w) uint8 classes, or (1 + K, h, w) uint8
     classes and probabilities x/255 (`quantised`), all taken on the device: a quarter of the bytes come back,
-    and the class map is the logits' whatever is written beside it."""
+    and the class map is the logits' whatever is written beside it. `asynchronous`: see `Pending`."""
     logits = logits.float()
     if classes_only:
-        return class_map(logits)[0].cpu().numpy()
+        return to_host(class_map(logits)[0], asynchronous)
     probs = logits_to_probs(logits)
     if quantised:
         q = probs.mul_(255.0).round_().clamp_(0.0, 255.0).to(torch.uint8)  # np.rint's rounding: half to even
-        return torch.cat([class_map(logits), q], 1)[0].cpu().numpy()
-    return probs[0].cpu().numpy()
+        return to_host(torch.cat([class_map(logits), q], 1)[0], asynchronous)
+    return to_host(probs[0], asynchronous)
 
 
 def kind_of(model: torch.nn.Module) -> str:

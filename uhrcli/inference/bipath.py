@@ -115,6 +115,7 @@ class BiPathInferer:
         self.multiple = max(16, int(info.size_multiple))
         self.classes_only = False
         self.quantised = False
+        self.asynchronous = False
         self.out_margin = 0
         self.stats = BiPathStats()
         self._tiers = Tiers(options.cache, runner.device)
@@ -198,7 +199,7 @@ class BiPathInferer:
         r0, c0 = int(ow.row_off), int(ow.col_off)
         out = resize_window(logits, (win.L[0][0], win.L[1][0]), self.g8,
                             (r0, r0 + int(ow.height), c0, c0 + int(ow.width)), (self.H, self.W))
-        return logits_to_output(out, self.classes_only, self.quantised)
+        return logits_to_output(out, self.classes_only, self.quantised, self.asynchronous)
 
     # -- passes ----------------------------------------------------------------------------------------------
     def needs_pixels(self, tile: Tile) -> bool:

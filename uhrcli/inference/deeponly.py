@@ -31,6 +31,7 @@ class DeepInferer:
         self.halo, self.multiple = 0, 1
         self.classes_only = False
         self.quantised = False
+        self.asynchronous = False
         self.out_margin = 0
         self._tiers = Tiers(options.cache, runner.device)
         self._logits: FeatureStore | None = None
@@ -66,7 +67,7 @@ class DeepInferer:
             c, d = source_span(gw, g.width, dst[2], dst[3])
             src = torch.from_numpy(self._logits.read(a, b, c, d)).to(self.run.device)[None]
             logits = resize_window(src, (a, c), (gh, gw), dst, (g.height, g.width))
-            out.append(logits_to_output(logits, self.classes_only, self.quantised))
+            out.append(logits_to_output(logits, self.classes_only, self.quantised, self.asynchronous))
         return out
 
     def close(self) -> None:

@@ -37,6 +37,7 @@ class LocalInferer:
         self.stride = int(getattr(model, "logit_stride", 1))
         self.classes_only = False
         self.quantised = False
+        self.asynchronous = False
         self.out_margin = 0
         self._grid: TileGrid | None = None
         self._pre = None
@@ -71,7 +72,7 @@ class LocalInferer:
             else:
                 sr, sc = window_slices(ow, t.read)
                 logits = out[i:i + 1, :, sr, sc]
-            results.append(logits_to_output(logits, self.classes_only, self.quantised))
+            results.append(logits_to_output(logits, self.classes_only, self.quantised, self.asynchronous))
         return results
 
     def close(self) -> None:

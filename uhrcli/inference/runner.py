@@ -34,9 +34,18 @@ class Runner:
         if t.ndim == 3:
             t = t[None]
         self.bytes_in += t.numel() * t.element_size()
-        if self.device.type == "cuda":
+        if self.device.type == "cuda":  # pinned, copied on a stream of its own: it overlaps the previous tile
+            from . import side_stream
+
             t = t.pin_memory()
-        t = t.to(self.device, non_blocking=True)
+            compute = torch.cuda.current_stream(self.device)
+            stream = side_stream(self.device, "h2d")
+            with torch.cuda.stream(stream):
+                t = t.to(self.device, non_blocking=True)
+            compute.wait_stream(stream)
+            t.record_stream(compute)  # allocated on the copy stream, used on the compute stream
+        else:
+            t = t.to(self.device, non_blocking=True)
         if self.channels_last:  # reorder the raw values (1 byte each for uint8), not the float32 copy
             t = t.contiguous(memory_format=torch.channels_last)
         t = t.to(torch.float32)  # keeps the memory format
