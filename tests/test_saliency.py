@@ -225,3 +225,20 @@ def test_pgnet_smoke(tmp_path: Path) -> None:
     assert rep.ok and rep.model == "pgnet"
     m = Image.open(tmp_path / "chelsea.png")
     assert m.size == (451, 300) and m.mode == "L"
+
+
+@pytest.mark.parametrize("bit_depth", [8, 16])
+def test_device_maps_equal_the_writer_threads_arithmetic(bit_depth):
+    """device_maps (what CUDA runs: upsampling, sigmoid, quantisation on the device) gives, on the CPU, exactly
+    the maps the writer threads compute from the logits."""
+    from uhrcli.saliency import _quantise, device_maps, probability
+
+    logits = torch.randn(1, 40, 56, generator=torch.Generator().manual_seed(0)) * 4
+    got = device_maps(logits, 157, 221, ["map", "mask", "overlay"], 0.4, bit_depth)
+    prob = probability(logits.clone(), 157, 221)
+    assert np.array_equal(got["map"], _quantise(prob, bit_depth)) and got["map"].shape == (157, 221)
+    assert got["map"].dtype == (np.uint16 if bit_depth == 16 else np.uint8)
+    assert np.array_equal(got["mask"], np.where(prob >= 0.4, 255, 0).astype(np.uint8))
+    assert np.array_equal(got["prob"], prob)
+    if bit_depth == 16:
+        assert np.array_equal(got["map8"], _quantise(prob, 8))

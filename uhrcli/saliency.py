@@ -337,6 +337,28 @@ def predict_saliency(net: torch.nn.Module, image: np.ndarray, size: int, device:
     return probability(y[0].float().cpu(), image.shape[-2], image.shape[-1])
 
 
+def device_maps(logits: torch.Tensor, height: int, width: int, kinds: Iterable[str], threshold: float,
+                bit_depth: int) -> dict[str, np.ndarray]:
+    """The upsampling, sigmoid and quantisation on the device (CUDA): only the finished uint8/uint16 maps cross
+    back (an 8K map is 33 MB as uint8, 133 MB as float32), and the writer threads only encode. `prob` (float32)
+    comes back only for the outputs that blend with the photo (rgba, overlay)."""
+    up = F.interpolate(logits[None].float(), size=(height, width), mode="bilinear", align_corners=False)[0, 0]
+    up.sigmoid_()
+    kinds = set(kinds)
+    out: dict[str, np.ndarray] = {}
+    if "map" in kinds or kinds & {"rgba", "overlay"}:
+        top, dtype = (65535.0, torch.int32) if bit_depth == 16 else (255.0, torch.uint8)
+        q = (up * top).round_().to(dtype).cpu().numpy()
+        out["map"] = q.astype(np.uint16) if bit_depth == 16 else q
+        if bit_depth == 16 and kinds & {"rgba", "overlay"}:
+            out["map8"] = (up * 255.0).round_().to(torch.uint8).cpu().numpy()
+    if "mask" in kinds:
+        out["mask"] = ((up >= threshold).to(torch.uint8) * 255).cpu().numpy()
+    if kinds & {"rgba", "overlay"}:
+        out["prob"] = up.cpu().numpy()
+    return out
+
+
 def _quantise(prob: np.ndarray, bit_depth: int) -> np.ndarray:
     """round(p x 255) (or 65535); torch rounds half to even as np.rint does, with one temporary, not two."""
     top, dtype = (65535.0, torch.int32) if bit_depth == 16 else (255.0, torch.uint8)
@@ -350,19 +372,23 @@ def _save_pil(arr: np.ndarray, tmp: Path, fmt: str, **kw: Any) -> None:
     Image.fromarray(arr).save(tmp, format=fmt, **kw)  # uint16 -> mode I;16: a 16-bit PNG
 
 
-def _write_small(p: Prepared, logits: torch.Tensor, threshold: float, bit_depth: int,
+def _write_small(p: Prepared, logits: torch.Tensor | dict[str, np.ndarray], threshold: float, bit_depth: int,
                  targets: dict[str, Path]) -> list[tuple[Path, Path]]:
-    """Whole-image outputs (PNG/JPEG) into temporary files; returns (tmp, target) pairs."""
-    prob = probability(logits, p.height, p.width)
+    """Whole-image outputs (PNG/JPEG) into temporary files; returns (tmp, target) pairs. `logits`: the network's
+    (1, h, w) on the CPU, or the maps `device_maps` finished on the device."""
+    ready = logits if isinstance(logits, dict) else {}
+    prob = ready.get("prob") if ready else probability(logits, p.height, p.width)  # type: ignore[arg-type]
     done: list[tuple[Path, Path]] = []
-    map8 = None
+    map8 = ready.get("map8", ready.get("map") if bit_depth == 8 else None)
     for kind, target in targets.items():
         tmp = W.temp_path(target)
         done.append((tmp, target))
         if kind == "map":
-            _save_pil(_quantise(prob, bit_depth), tmp, "PNG", compress_level=MAP_PNG_LEVEL)
+            q = ready["map"] if "map" in ready else _quantise(prob, bit_depth)
+            _save_pil(q, tmp, "PNG", compress_level=MAP_PNG_LEVEL)
         elif kind == "mask":
-            _save_pil(np.where(prob >= threshold, 255, 0).astype(np.uint8), tmp, "PNG", compress_level=MAP_PNG_LEVEL)
+            m = ready["mask"] if "mask" in ready else np.where(prob >= threshold, 255, 0).astype(np.uint8)
+            _save_pil(m, tmp, "PNG", compress_level=MAP_PNG_LEVEL)
         else:
             if map8 is None:
                 map8 = _quantise(prob, 8)
@@ -539,9 +565,12 @@ def run_saliency(inputs: str | os.PathLike | Sequence[str | os.PathLike], outdir
                     y = network_logits(net, x)
                 if y.ndim != 4 or y.shape[1] != 1:
                     raise UsageError(f"model {info.name} returned {tuple(y.shape)}, expected (B, 1, h, w)")
-                y = y.float().cpu()
+                on_device = dev.type == "cuda"
+                y = y.float() if on_device else y.float().cpu()
                 for i, p in enumerate(batch):
-                    writes.append((p, wpool.submit(_write_outputs, p, y[i], threshold, bit_depth)))
+                    res = device_maps(y[i], p.height, p.width, p.job.targets, threshold, bit_depth) \
+                        if on_device and not p.job.huge else y[i].cpu()
+                    writes.append((p, wpool.submit(_write_outputs, p, res, threshold, bit_depth)))
                     while len(writes) > WRITERS:  # bounded: RAM stays flat however long the folder
                         _record(*writes.popleft(), report, fail, progress)
             while writes:
@@ -557,7 +586,8 @@ def run_saliency(inputs: str | os.PathLike | Sequence[str | os.PathLike], outdir
     return report
 
 
-def _write_outputs(p: Prepared, logits: torch.Tensor, threshold: float, bit_depth: int) -> None:
+def _write_outputs(p: Prepared, logits: torch.Tensor | dict[str, np.ndarray], threshold: float, bit_depth: int
+                   ) -> None:
     """Encode one image's outputs under temporary names and move them into place (on a writer thread)."""
     targets = dict(p.job.targets)
     pairs: list[tuple[Path, Path]] = []
