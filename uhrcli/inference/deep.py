@@ -135,7 +135,7 @@ class DeepBranch:
                 c4_store = FeatureStore((c4.shape[1], hc, wc), "float32", self.tiers)
             c4_store.write(int(t.core.row_off) // stride, int(t.core.col_off) // stride,
                            core[0].cpu().numpy().astype(c4_store.dtype, copy=False))
-            s = self.model.deep_pool(core).double()
+            s = float64(self.model.deep_pool(core))
             pool_sum = s if pool_sum is None else pool_sum + s
             del c4, core, x
             trim_heap()
@@ -210,10 +210,15 @@ def map_strips(store: FeatureStore, fn: Callable[[torch.Tensor], torch.Tensor], 
         if out is None:
             out = FeatureStore((y.shape[1], h, w), "float32", store._tiers)
         out.write(r, 0, y[0].cpu().numpy())
-        s = y.double().sum(dim=(0, 2, 3))
+        s = float64(y).sum(dim=(0, 2, 3))
         total = s if total is None else total + s
     assert out is not None and total is not None
     return out, (total / (h * w)).float()[None]
 
+
+
+def float64(t: torch.Tensor) -> torch.Tensor:
+    """t in float64 for exact sums: on the device where it has float64, on the CPU where it has not (MPS)."""
+    return t.cpu().double() if t.device.type == "mps" else t.double()
 
 __all__ = ["DeepBranch", "ShrunkView", "map_strips", "DEEP_WHOLE_MAX", "DEEP_TILE"]
