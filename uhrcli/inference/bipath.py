@@ -99,6 +99,8 @@ def _crop(t: torch.Tensor, origin: tuple[int, int], rows: Span, cols: Span, stri
 
 def _sum(t: torch.Tensor, origin: tuple[int, int], core: tuple[Span, Span]) -> tuple[torch.Tensor, int]:
     part = _crop(t, origin, *core)
+    if part.device.type == "mps":  # no float64 there: the exact sum on the CPU
+        part = part.cpu()
     return part.sum(dim=(0, 2, 3), dtype=torch.float64), part.shape[-2] * part.shape[-1]
 
 
