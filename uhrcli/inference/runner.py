@@ -48,14 +48,17 @@ class Runner:
             t = t.to(self.device, non_blocking=True)
         if self.channels_last:  # reorder the raw values (1 byte each for uint8), not the float32 copy
             t = t.contiguous(memory_format=torch.channels_last)
+        c = t.shape[1]
+        sc = pre.scaler
+        scaled = bool(np.any(sc.offset != 0) or np.any(sc.scale != 1))
+        if raw.dtype == np.uint8 and not scaled:  # uint8 - float32 is float32 in one pass: float(x) - mean exactly
+            return torch.sub(t, self._band(pre.mean, c)).div_(self._band(pre.std, c))
         t = t.to(torch.float32)  # keeps the memory format
         if t.data_ptr() == host.data_ptr():  # float32 on the CPU: still the caller's array, which stays as it is
             t = t.clone()
-        c = t.shape[1]
         if raw.dtype.kind == "f":  # NaN/inf pixels are nodata (masked); 0 keeps them from spreading through convs
             torch.nan_to_num_(t, nan=0.0, posinf=0.0, neginf=0.0)
-        sc = pre.scaler
-        if np.any(sc.offset != 0) or np.any(sc.scale != 1):
+        if scaled:
             t.sub_(self._band(sc.offset, c)).mul_(self._band(sc.scale, c))
             t.clamp_(0.0, 255.0)
         elif raw.dtype != np.uint8:
