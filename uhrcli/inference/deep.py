@@ -100,7 +100,9 @@ class DeepBranch:
         done = _scaled(progress, (1.0 - read_share) * total / max(1, view.height * view.width) if progress else 0)
         try:
             self.view_shape = (view.height, view.width)
-            if view.height * view.width <= self.whole_max:
+            # a backbone with image-wide means inside it (STDC-Seg's context path) runs whole: tiles would
+            # see local means
+            if view.height * view.width <= self.whole_max or not self.reach.get("backbone_tileable", True):
                 x = self.run.pixels(view.read(0, view.height, 0, view.width), preprocess)
                 with self.run.autocast():
                     c4 = self.model.deep_backbone(x).float()
