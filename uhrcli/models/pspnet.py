@@ -116,5 +116,8 @@ for _bb in ("r18", "r50"):
 def isdnet_psp(num_classes: int = 2, **kw: Any) -> ISDNet:
     """ISDNet's Table 4 'PSPNet + ISD': the official config pspnet_r18-d8_512x1024_80k_cityscapes_refine.py
     (ResNet-18-d8, PSP head 512 -> 128 with bins 1/2/3/6, down_ratio 4, FCN aux 256 -> 64, the ISD shallow
-    path and fusions with 128 channels): the same network as `isdnet-r18-psp`."""
+    path and fusions with 128 channels): the same network as `isdnet-r18-psp`. That config names a
+    `RefinePSPHead` and a `STDCSimRefineHead` which the released code does not register (it has
+    RefineASPPHead and ISDHead only); their arguments match PSPHead-returning-features and ISDHead, which is
+    what is built here. The paper trains it on Cityscapes (19 classes); the default here is 2, like every model."""
     return ISDNet(num_classes=num_classes, backbone="r18", deep_head="psp", name="isdnet-psp", **kw)
