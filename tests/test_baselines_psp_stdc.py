@@ -208,13 +208,14 @@ def test_uhr_train_steps(name, austin_pair, tmp_path: Path):
 def weights(tmp_path_factory, inria_rgb):
     d = tmp_path_factory.mktemp("baselines")
     sample = mosaic(inria_rgb, 384, 384)
-    return {n: random_weights(n, d / f"{n}.safetensors", sample) for n in ("pspnet-r18-down2", "stdc1-seg")}
+    return {n: random_weights(n, d / f"{n}.safetensors", sample) for n in ("pspnet-r18-down2", "stdc1-seg", "isdnet-psp")}
 
 
-@pytest.mark.parametrize("name", ["pspnet-r18-down2", "stdc1-seg"])
+@pytest.mark.parametrize("name", ["pspnet-r18-down2", "stdc1-seg", "isdnet-psp"])
 def test_segment_equals_whole_image_forward(tmp_path, inria_rgb, weights, name, monkeypatch):
     """`uhr segment` over 128-px tiles equals the whole-image forward; also when the deep pass would be
-    tiled (PSPNet: backbone tiles with a halo, the head once over the whole c4 map; STDC-Seg: kept whole)."""
+    tiled (PSPNet and isdnet-psp: backbone tiles with a halo, the PSP head once over the whole c4 map;
+    STDC-Seg: kept whole). isdnet-psp goes through the bi-path inferer (its shallow path tiled)."""
     from uhrcli.inference import deep
 
     src = tmp_path / "img.tif"
