@@ -213,9 +213,9 @@ def weights(tmp_path_factory, inria_rgb):
 
 @pytest.mark.parametrize("name", ["pspnet-r18-down2", "stdc1-seg", "isdnet-psp"])
 def test_segment_equals_whole_image_forward(tmp_path, inria_rgb, weights, name, monkeypatch):
-    """`uhr segment` over 128-px tiles equals the whole-image forward; also when the deep pass would be
-    tiled (PSPNet and isdnet-psp: backbone tiles with a halo, the PSP head once over the whole c4 map;
-    STDC-Seg: kept whole). isdnet-psp goes through the bi-path inferer (its shallow path tiled)."""
+    """`uhr segment` over 128-px tiles equals the whole-image forward; for PSPNet and isdnet-psp also with a
+    tiled deep pass (backbone tiles with a halo, the PSP head once over the whole c4 map; isdnet-psp only
+    so, through the bi-path inferer with its shallow path tiled)."""
     from uhrcli.inference import deep
 
     src = tmp_path / "img.tif"
@@ -223,7 +223,7 @@ def test_segment_equals_whole_image_forward(tmp_path, inria_rgb, weights, name, 
     ref_c, ref_p = whole_forward(weights[name], src)
     shares = np.bincount(ref_c.ravel(), minlength=3) / ref_c.size
     assert (shares > 0.01).sum() >= 2, shares
-    for whole_max in (None, 96 * 96):
+    for whole_max in {"stdc1-seg": (None,), "isdnet-psp": (96 * 96,)}.get(name, (None, 96 * 96)):
         if whole_max:
             monkeypatch.setattr(deep, "DEEP_WHOLE_MAX", whole_max)
             monkeypatch.setattr(deep, "DEEP_TILE", 96)
@@ -232,6 +232,27 @@ def test_segment_equals_whole_image_forward(tmp_path, inria_rgb, weights, name, 
         c, p = zarr_out(out.output)
         assert (c == ref_c).mean() >= 0.9999, (name, whole_max, (c == ref_c).mean())
         assert (np.abs(p - ref_p).max(0) <= 1).mean() >= 0.999
+
+
+def test_stdc_chained_tiles_equal_the_whole_image_forward(tmp_path, inria_rgb, weights, monkeypatch):
+    """Beyond the whole-image budget STDC-Seg runs in passes over tiles, each pass supplying the next with
+    image-wide means (x32, both ARM convs, then the FFM map). A long raster, so that tiles (256 + 512 px halo)
+    see only part of it: the halo covers the reach and the chained means are the whole image's."""
+    from uhrcli.inference import deep
+
+    calls = []
+    chained = deep.DeepBranch._chained
+    monkeypatch.setattr(deep.DeepBranch, "_chained", lambda self, *a: calls.append(1) or chained(self, *a))
+    monkeypatch.setattr(deep, "DEEP_WHOLE_MAX", 64 * 64)
+    monkeypatch.setattr(deep, "DEEP_TILE", 256)
+    src = tmp_path / "long.tif"
+    tifffile.imwrite(src, mosaic(inria_rgb, 96, 1500))
+    ref_c, ref_p = whole_forward(weights["stdc1-seg"], src)
+    assert (np.bincount(ref_c.ravel(), minlength=3) / ref_c.size > 0.01).sum() >= 2
+    out = segment(str(src), tmp_path / "o.zarr", weights=str(weights["stdc1-seg"]), tile=256, probs=True)[0]
+    c, p = zarr_out(out.output)
+    assert calls, "the chained tiled pass ran"
+    assert (c == ref_c).mean() >= 0.9999 and (np.abs(p - ref_p).max(0) <= 1).mean() >= 0.999
 
 
 MMSEG_KEYS = {  # key names as mmseg's modules spell them (mmseg/models/backbones/{resnet,stdc}.py, heads)

@@ -15,20 +15,27 @@ Image-wide ops: the context vector (mean of the 1/32 map), each ARM's channel
 attention (mean of its 3x3 conv output at 1/32 and 1/16) and the FFM's
 attention (mean of the fused 1/8 map) are means over the WHOLE image, chained
 (each depends on the one before), so a tile cannot reproduce them. The model
-speaks the deep-path protocol with an untileable backbone: `uhr segment` runs
-everything up to the fused 1/8 map once over the whole raster (the means
-image-wide), then the local decode head, and resamples tiles from the 1/8
-logits in whole-image coordinates (align_corners=True, as mmseg's decode
-head resizes), which equals the whole-image forward.
+speaks the deep-path protocol with a backbone that is not plainly tileable:
+`uhr segment` runs everything up to the fused 1/8 map once over the whole
+raster when it fits the deep pass's budget, and otherwise in three passes over
+tiles with the backbone's reach as halo (`chain_maps`): the first gathers the
+means of x32 and of both ARM convs, the second (given those) the mean of the
+FFM's map, the third (given all four) stores the fused map; nearest
+upsamplings use the whole image's index rule. The local decode head follows,
+and tiles are resampled from the 1/8 logits in whole-image coordinates
+(align_corners=True, as mmseg's decode head resizes): equal to the
+whole-image forward either way.
 """
 from __future__ import annotations
 
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..geometry import Placement, halvings, nearest_indices
 from .aspp import FCNHead
 from .base import ModelInfo, default_palette
 from .isdnet import IMAGENET_MEAN, IMAGENET_STD
@@ -140,7 +147,14 @@ class FeatureFusionModule(nn.Module):
 
 
 class STDCContextPathNet(nn.Module):
-    """Backbone + context path + FFM; returns (x8, context at 1/16, context at 1/8, fused 1/8 map)."""
+    """Backbone + context path + FFM; returns (x8, context at 1/16, context at 1/8, fused 1/8 map).
+
+    Split into stages that are local given four image-wide means, so a tiled caller
+    (uhrcli.inference.meanchain) can supply the whole image's values: `stage_maps` (backbone and the
+    ARMs' 3x3 convs), `context8` (given the means of x32, of the 1/32 ARM conv and of the 1/16 ARM conv),
+    `fuse_pre` (the FFM's 1x1 ConvBNReLU) and `fuse_out` (given the mean of fuse_pre). The nearest
+    upsamplings between 1/32, 1/16 and 1/8 take the whole image's index rule when a Placement is given.
+    """
 
     def __init__(self, stdc_type: str = "STDCNet1", last_in_channels: Sequence[int] = (1024, 512),
                  out_channels: int = 128, ffm_in: int = 384, ffm_out: int = 256):
@@ -151,15 +165,72 @@ class STDCContextPathNet(nn.Module):
         self.conv_avg = ConvBNAct(last_in_channels[0], out_channels, 1, pooled=True)
         self.ffm = FeatureFusionModule(ffm_in, ffm_out, 4)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def stage_maps(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """(backbone outputs [x8, x16, x32], the 1/32 ARM's conv on x32, the 1/16 ARM's conv on x16)."""
         outs = self.backbone(x)
-        up = self.conv_avg(outs[-1].mean(dim=(2, 3), keepdim=True))  # 1x1: nearest resize = broadcast
-        arms_out = []
-        for i, arm in enumerate(self.arms):
-            y = arm(outs[len(outs) - 1 - i]) + up
-            up = self.convs[i](F.interpolate(y, size=outs[len(outs) - 2 - i].shape[-2:], mode="nearest"))
-            arms_out.append(up)
-        return (outs[0], arms_out[0], arms_out[1], self.ffm(outs[0], arms_out[1]))
+        return outs, self.arms[0].conv(outs[2]), self.arms[1].conv(outs[1])
+
+    def context8(self, c32: torch.Tensor, c16: torch.Tensor, sizes: tuple[tuple[int, int], ...],
+                 m32: torch.Tensor, a32: torch.Tensor, a16: torch.Tensor, place: Placement | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(context at 1/16, context at 1/8) from the ARM convs and the three means (B, C) of x32, c32, c16.
+        sizes: the (h, w) of the 1/16 and 1/8 maps."""
+        ctx = self.conv_avg(m32.reshape(m32.shape[0], -1, 1, 1))  # 1x1 map: nearest resize = broadcast
+        y32 = c32 * self.arms[0].attention(a32) + ctx
+        up16 = self.convs[0](_nearest(y32, sizes[0], place, 32))
+        y16 = c16 * self.arms[1].attention(a16) + up16
+        return up16, self.convs[1](_nearest(y16, sizes[1], place, 16))
+
+    def fuse_pre(self, x8: torch.Tensor, ctx8: torch.Tensor) -> torch.Tensor:
+        return self.ffm.conv0(torch.cat([x8, ctx8], dim=1))
+
+    def fuse_out(self, f: torch.Tensor, f_mean: torch.Tensor) -> torch.Tensor:
+        attn = self.ffm.conv2(self.ffm.conv1(f_mean.reshape(f_mean.shape[0], -1, 1, 1)))
+        return f + f * attn
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outs, c32, c16 = self.stage_maps(x)
+        ctx16, ctx8 = self.context8(c32, c16, (outs[1].shape[-2:], outs[0].shape[-2:]),
+                                    _mean(outs[2]), _mean(c32), _mean(c16))
+        f = self.fuse_pre(outs[0], ctx8)
+        return (outs[0], ctx16, ctx8, self.fuse_out(f, _mean(f)))
+
+    def reach(self) -> int:
+        """Input px (each side) the fused 1/8 map depends on, given the four means: the longest conv chain
+        (to x32, the 1/32 ARM conv, nearest up, convs[0], nearest up, convs[1]); nearest upsampling reaches
+        one source cell."""
+        r, j = 0, 1
+        for stage in self.backbone.stages[:2]:
+            r, j = r + j, j * 2
+        for stage in self.backbone.stages[2:]:
+            for mod in stage:
+                if mod.stride == 2:
+                    r, j = r + j, j * 2
+                r += (len(mod.layers) - 1) * j
+        r += 32 + 32 + 16 + 16 + 16 + 8  # ARM conv at 1/32, up, convs[0] at 1/16, (ARM conv at 1/16), up, convs[1]
+        return r
+
+
+def _mean(x: torch.Tensor) -> torch.Tensor:
+    return x.mean(dim=(2, 3))
+
+
+def _nearest(x: torch.Tensor, size: Sequence[int], place: Placement | None, stride: int) -> torch.Tensor:
+    """F.interpolate(mode='nearest') to `size`; for a tile placed in a larger image, the whole image's rule
+    (its map at `stride` resized to the map at stride / 2), cropped to the tile (cells past the tile's
+    edge, which only halo cells read, are clamped)."""
+    size = (int(size[0]), int(size[1]))
+    if place is None:
+        return F.interpolate(x, size=size, mode="nearest")
+    out = x
+    for axis, (origin, full, n) in enumerate(((place.row, place.height, size[0]), (place.col, place.width, size[1]))):
+        levels = stride.bit_length() - 1
+        src_full, dst_full = halvings(full, levels), halvings(full, levels - 1)
+        a, b = origin // stride, origin // (stride // 2)
+        idx = nearest_indices(src_full, dst_full)[b:b + n] - a
+        idx = np.clip(idx, 0, out.shape[2 + axis] - 1)
+        out = out.index_select(2 + axis, torch.from_numpy(idx).to(out.device))
+    return out
 
 
 class STDCHead(FCNHead):
@@ -225,7 +296,7 @@ class STDCSeg(nn.Module):
         return x
 
     def deep_backbone(self, x: torch.Tensor) -> torch.Tensor:
-        """The fused 1/8 map (256 ch), every image-wide mean taken over `x`: run it on the whole image."""
+        """The fused 1/8 map (256 ch), every image-wide mean taken over `x` (the whole image)."""
         return self.backbone(x)[3]
 
     def deep_pool(self, feat: torch.Tensor) -> torch.Tensor:
@@ -239,9 +310,27 @@ class STDCSeg(nn.Module):
         return self.decode_head.conv_seg(self.decode_head.dropout(feat))
 
     def deep_reach(self) -> dict[str, Any]:
-        """The backbone's means are image-wide and chained: it must see the whole image (no tiling)."""
-        return {"backbone_radius": 0, "backbone_stride": 8, "head_cells": 1, "head_tileable": True,
-                "backbone_tileable": False}
+        """The backbone's means are image-wide and chained: plain tiling is wrong ('backbone_tileable' False);
+        uhrcli.inference.deep runs it whole, or, beyond its whole-image budget, in passes over tiles with
+        `backbone_radius` px of halo (chain_maps), each pass supplying the next with image-wide means."""
+        return {"backbone_radius": self.backbone.reach(), "backbone_stride": 8, "head_cells": 1,
+                "head_tileable": True, "backbone_tileable": False}
+
+    # strides of the maps whose whole-image means each tiled pass gathers: (x32, ARM conv 1/32, ARM conv 1/16),
+    # then (the FFM's pre-attention map at 1/8); a last pass gives the fused 1/8 map itself
+    chain_strides: tuple[tuple[int, ...], ...] = ((32, 32, 16), (8,))
+
+    def chain_maps(self, x: torch.Tensor, means: Sequence[torch.Tensor], place: Placement | None = None
+                   ) -> list[torch.Tensor]:
+        """Pass len(chain_strides) given fewer means: the maps whose means come next; given all four: the
+        fused 1/8 map (deep_backbone's output). x is a tile placed at `place` in the whole image."""
+        outs, c32, c16 = self.backbone.stage_maps(x)
+        if not means:
+            return [outs[2], c32, c16]
+        sizes = (outs[1].shape[-2:], outs[0].shape[-2:])
+        _, ctx8 = self.backbone.context8(c32, c16, sizes, means[0], means[1], means[2], place)
+        f = self.backbone.fuse_pre(outs[0], ctx8)
+        return [f] if len(means) == 3 else [self.backbone.fuse_out(f, means[3])]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.deep_logits(self.deep_head(self.deep_backbone(x)))
