@@ -66,7 +66,7 @@ class PSPNet(DeepPath, nn.Module):
             mean=IMAGENET_MEAN, std=IMAGENET_STD,
             receptive_field=int(local * self.down_ratio + upsample_reach(bb_j * self.down_ratio)),
             size_multiple=bb_j * self.down_ratio,
-            extra={"down_ratio": self.down_ratio, "global_pooling": True,
+            extra={"down_ratio": self.down_ratio, "global_pooling": True, "deep_channels": c4,
                    "image_wide_ops": "pyramid pooling bins 1x1, 2x2, 3x3, 6x6 over the whole c4 map",
                    "deep_head_tileable": False},
         )

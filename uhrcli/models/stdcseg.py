@@ -285,7 +285,7 @@ class STDCSeg(nn.Module):
         self.info = ModelInfo(
             name=name, num_classes=num_classes, class_names=names, palette=default_palette(num_classes),
             mean=IMAGENET_MEAN, std=IMAGENET_STD, receptive_field=0, size_multiple=32,
-            extra={"down_ratio": 1, "global_pooling": True,
+            extra={"down_ratio": 1, "global_pooling": True, "deep_channels": 256,
                    "image_wide_ops": "context vector (mean of the 1/32 map), ARM attentions at 1/32 and 1/16, "
                                      "FFM attention at 1/8: means over the whole image",
                    "backbone_tileable": False},
