@@ -68,8 +68,9 @@ class AxisWeights:
         return int(self.i1.max()) + 1
 
 
-def axis_weights(in_size: int, out_size: int, start: int = 0, stop: int | None = None) -> AxisWeights:
-    """PyTorch's bilinear (align_corners=False, no antialias) weights for outputs [start, stop)."""
+def axis_weights(in_size: int, out_size: int, start: int = 0, stop: int | None = None,
+                 align_corners: bool = False) -> AxisWeights:
+    """PyTorch's bilinear (no antialias) weights for outputs [start, stop)."""
     if in_size < 1 or out_size < 1:
         raise ValueError(f"sizes must be positive, got {in_size} -> {out_size}")
     stop = out_size if stop is None else stop
@@ -77,6 +78,13 @@ def axis_weights(in_size: int, out_size: int, start: int = 0, stop: int | None =
     if in_size == out_size:
         i = dst.astype(np.int64)
         return AxisWeights(i, i, np.zeros(len(i), np.float32))
+    if align_corners:  # corner centres aligned: src = dst * (in - 1) / (out - 1), in float32 as PyTorch does
+        scale = np.float32(in_size - 1) / np.float32(out_size - 1) if out_size > 1 else np.float32(0)
+        src = (np.float32(scale) * dst.astype(np.float32)).astype(np.float32)
+        i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+        i1 = np.minimum(i0 + 1, in_size - 1)
+        w1 = np.where(i1 == i0, 0.0, src - i0).astype(np.float32)
+        return AxisWeights(i0, i1, w1)
     # PyTorch's float32 arithmetic for float32 maps: a float32 scale, then one fused multiply-add
     # (emulated exactly: the float64 product of a float32 and a half-integer is exact)
     scale = np.float64(np.float32(in_size) / np.float32(out_size))
@@ -97,7 +105,8 @@ def _lerp_rows(x: torch.Tensor, aw: AxisWeights, offset: int) -> torch.Tensor:
 
 
 def resize_window(x: torch.Tensor, src_origin: tuple[int, int], src_size: tuple[int, int],
-                  dst: tuple[int, int, int, int], dst_size: tuple[int, int], clamp: bool = False) -> torch.Tensor:
+                  dst: tuple[int, int, int, int], dst_size: tuple[int, int], clamp: bool = False,
+                  align_corners: bool = False) -> torch.Tensor:
     """Bilinear resize of a window of a global map to a window of another global map.
 
     x: (B, C, h, w) holding global source cells [r, r + h) x [c, c + w), r, c = src_origin, of a map of
@@ -113,8 +122,8 @@ def resize_window(x: torch.Tensor, src_origin: tuple[int, int], src_size: tuple[
             raise ValueError(f"the window holds rows [{src_origin[0]}, {src_origin[0] + x.shape[-2]}) cols "
                              f"[{src_origin[1]}, {src_origin[1] + x.shape[-1]}), not [{r0}, {r1}) x [{c0}, {c1})")
         return x[..., a:a + (r1 - r0), c:c + (c1 - c0)]
-    rows = axis_weights(src_size[0], dst_size[0], r0, r1)
-    cols = axis_weights(src_size[1], dst_size[1], c0, c1)
+    rows = axis_weights(src_size[0], dst_size[0], r0, r1, align_corners)
+    cols = axis_weights(src_size[1], dst_size[1], c0, c1, align_corners)
     # crop first so the gathers touch only what they need
     a, b = max(0, rows.lo - src_origin[0]), rows.hi - src_origin[0]
     c, d = max(0, cols.lo - src_origin[1]), cols.hi - src_origin[1]
@@ -131,9 +140,10 @@ def resize_window(x: torch.Tensor, src_origin: tuple[int, int], src_size: tuple[
     return y.transpose(-1, -2).contiguous()
 
 
-def source_span(src_size: int, dst_size: int, start: int, stop: int) -> tuple[int, int]:
+def source_span(src_size: int, dst_size: int, start: int, stop: int, align_corners: bool = False
+                ) -> tuple[int, int]:
     """Global source cells [lo, hi) that bilinear outputs [start, stop) read."""
-    aw = axis_weights(src_size, dst_size, start, stop)
+    aw = axis_weights(src_size, dst_size, start, stop, align_corners)
     return aw.lo, aw.hi
 
 

@@ -100,7 +100,8 @@ class DeepBranch:
         done = _scaled(progress, (1.0 - read_share) * total / max(1, view.height * view.width) if progress else 0)
         try:
             self.view_shape = (view.height, view.width)
-            if view.height * view.width <= self.whole_max:
+            chained = not self.reach.get("backbone_tileable", True)  # image-wide means inside the backbone
+            if view.height * view.width <= self.whole_max or (chained and not hasattr(self.model, "chain_maps")):
                 x = self.run.pixels(view.read(0, view.height, 0, view.width), preprocess)
                 with self.run.autocast():
                     c4 = self.model.deep_backbone(x).float()
@@ -113,6 +114,8 @@ class DeepBranch:
                     done("advance", view.height * view.width, 0)
                 return store
             self.tiled = True
+            if chained:
+                return self._chained(view, preprocess, done)
             return self._tiled(view, preprocess, done)
         finally:
             view.close()
@@ -147,6 +150,56 @@ class DeepBranch:
             return self._head(c4_store, mean)
         finally:
             c4_store.close()
+
+    def _chained(self, view: ShrunkView, preprocess: Preprocess, progress: Callable | None) -> FeatureStore:
+        """A backbone whose means are image-wide and chained (STDC-Seg's context path): one pass over view
+        tiles per link of the chain, each summing, over the tiles' cores, the maps whose means the next pass
+        needs; a last pass stores the backbone's map. Tiles are placed in the whole view, so the model
+        resizes between its scales with the whole image's rule."""
+        from ..geometry import Placement, halvings
+
+        stride = int(self.reach["backbone_stride"])
+        grid = TileGrid(view.height, view.width, self.tile, int(self.reach["backbone_radius"]), 32)
+        passes = len(self.model.chain_strides)
+        means: list[torch.Tensor] = []
+        store: FeatureStore | None = None
+        for p in range(passes + 1):
+            sums: list[torch.Tensor] | None = None
+            for t in grid:
+                r0, c0 = int(t.read.row_off), int(t.read.col_off)
+                x = self.run.pixels(view.read(r0, r0 + int(t.read.height), c0, c0 + int(t.read.width)), preprocess)
+                place = Placement(r0, c0, view.height, view.width)
+                with self.run.autocast():
+                    maps = [m.float() for m in self.model.chain_maps(x, means, place)]
+                strides = self.model.chain_strides[p] if p < passes else (stride,)
+                cores = []
+                for m, s in zip(maps, strides):
+                    lv = s.bit_length() - 1
+                    rows, cols = _cells(t.core, t.read, s, (halvings(view.height, lv), halvings(view.width, lv)))
+                    cores.append(m[:, :, rows, cols])
+                if p < passes:
+                    s_ = [float64(c).sum(dim=(2, 3)) for c in cores]
+                    sums = s_ if sums is None else [a + b for a, b in zip(sums, s_)]
+                else:
+                    if store is None:
+                        store = FeatureStore((cores[0].shape[1], halvings(view.height, 3), halvings(view.width, 3)),
+                                             "float32", self.tiers)
+                    store.write(int(t.core.row_off) // stride, int(t.core.col_off) // stride,
+                                cores[0][0].cpu().numpy())
+                del x, maps, cores
+                trim_heap()
+                if progress:
+                    progress("advance", int(t.core.height * t.core.width) // (passes + 1), 0)
+            if p < passes:
+                assert sums is not None
+                for v, s in zip(sums, self.model.chain_strides[p]):
+                    lv = s.bit_length() - 1
+                    means.append((v / (halvings(view.height, lv) * halvings(view.width, lv))).float())
+        assert store is not None
+        try:
+            return self._head(store, means[-1])
+        finally:
+            store.close()
 
     def _head(self, c4: FeatureStore, mean: torch.Tensor) -> FeatureStore:
         _, hc, wc = c4.shape

@@ -28,6 +28,8 @@ class DeepInferer:
         self.model = runner.prepare_model(model)
         self.run, self.opts = runner, options
         self.num_classes = model.info.num_classes
+        # how the model's forward upsamples its logits (STDC-Seg: align_corners=True, as mmseg's head)
+        self.align_corners = bool(getattr(model, "align_corners", False))
         self.halo, self.multiple = 0, 1
         self.classes_only = False
         self.quantised = False
@@ -63,10 +65,11 @@ class DeepInferer:
             ow = g.out_window(t, self.out_margin)
             r0, c0 = int(ow.row_off), int(ow.col_off)
             dst = (r0, r0 + int(ow.height), c0, c0 + int(ow.width))
-            a, b = source_span(gh, g.height, dst[0], dst[1])
-            c, d = source_span(gw, g.width, dst[2], dst[3])
+            ac = self.align_corners
+            a, b = source_span(gh, g.height, dst[0], dst[1], ac)
+            c, d = source_span(gw, g.width, dst[2], dst[3], ac)
             src = torch.from_numpy(self._logits.read(a, b, c, d)).to(self.run.device)[None]
-            logits = resize_window(src, (a, c), (gh, gw), dst, (g.height, g.width))
+            logits = resize_window(src, (a, c), (gh, gw), dst, (g.height, g.width), align_corners=ac)
             out.append(logits_to_output(logits, self.classes_only, self.quantised, self.asynchronous))
         return out
 
