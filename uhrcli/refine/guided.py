@@ -28,10 +28,15 @@ def reach(radius: int) -> int:
 def box_sum(x: np.ndarray, r: int) -> np.ndarray:
     """Sums of int64 x (..., H, W) over (2r+1)^2 windows clipped to the array (zeros outside), exactly."""
     h, w = x.shape[-2:]
-    pad = [(0, 0)] * (x.ndim - 2) + [(r + 1, r), (r + 1, r)]
-    c = np.pad(x, pad).cumsum(-2).cumsum(-1)
     k = 2 * r + 1
-    return c[..., k:k + h, k:k + w] - c[..., 0:h, k:k + w] - c[..., k:k + h, 0:w] + c[..., 0:h, 0:w]
+    c = np.zeros(x.shape[:-2] + (h + k, w + k), np.int64)  # summed-area table, in place (no padded copy)
+    c[..., r + 1:r + 1 + h, r + 1:r + 1 + w] = x
+    np.cumsum(c, -2, out=c)
+    np.cumsum(c, -1, out=c)
+    out = c[..., k:k + h, k:k + w] - c[..., 0:h, k:k + w]
+    out -= c[..., k:k + h, 0:w]
+    out += c[..., 0:h, 0:w]
+    return out
 
 
 def _window_counts(h: int, w: int, r: int) -> np.ndarray:
