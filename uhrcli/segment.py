@@ -94,6 +94,8 @@ class SegmentOptions:
     scaling_record: dict | None = None  # how the training data were scaled (None: the checkpoint's record)
     on_note: Callable[[str], Any] | None = None  # one-line notes (the scaling chosen), as they happen
     vector: str | os.PathLike | None = None  # also write the class map's polygons here (uhrcli.vector)
+    refine: str | None = None  # refine the probabilities before the class map: guided or crf (uhrcli.refine)
+    refine_options: Any = None  # a uhrcli.refine.RefineOptions (None: its defaults); method is `refine`
 
 
 def cache_budget(opts: SegmentOptions, device: torch.device, default_dir: Path | None) -> CacheBudget:
@@ -166,12 +168,16 @@ def segment(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str
         raise UsageError(f"--halo must be >= 0, got {opts.halo}")
     if opts.batch_size != "auto" and (not isinstance(opts.batch_size, int) or opts.batch_size < 1):
         raise UsageError(f"--batch-size must be a whole number >= 1 or auto, got {opts.batch_size!r}")
+    if opts.refine is not None:
+        _check_refine(opts)
     given = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     output = Path(output)
     many = len(given) > 1 or any(Path(p).is_dir() and not is_zarr_store(Path(p)) for p in given)
     paths = expand_inputs(given, recursive=opts.recursive, exclude=output if many else None)
     many = many or len(paths) > 1
     plans = plan_outputs(paths, output, opts.fmt, many)
+    if opts.refine is not None and any(f not in ("tif", "cog") for _, _, f in plans):
+        raise UsageError("--refine writes GeoTIFF or COG outputs (.tif), not zarr or PNG")
     if opts.vector is not None:
         check_segment_vector(opts.vector, many)
     jobs = [Job(src, target, fmt, _outputs(target, fmt, opts), scratch_path(target)) for src, target, fmt in plans]
@@ -217,8 +223,69 @@ def _outputs(target: Path, fmt: str, opts: SegmentOptions) -> list[Path]:
     return [target] + [p for p in (ppath, preview, vector) if p is not None and p != target]
 
 
+def _check_refine(opts: SegmentOptions) -> None:
+    from .refine import METHODS
+    from .refine.api import check_options, RefineOptions
+
+    if opts.refine not in METHODS:
+        raise UsageError(f"--refine must be {' or '.join(METHODS)}, got {opts.refine!r}")
+    if opts.preview:
+        raise UsageError("--preview draws the unrefined map: it does not go with --refine (yet)")
+    check_options(replace_options(opts.refine_options or RefineOptions(), method=opts.refine))
+
+
+def _segment_refined(src: Path, target: Path, fmt: str, net, info, wdigest: str, dev, amp: bool,
+                     opts: SegmentOptions, progress) -> SegmentResult:
+    """Segment into a work folder beside the target (class map and probabilities), refine the probabilities
+    into the target, then drop the folder. An interrupted segmentation resumes from it with --resume."""
+    from .refine import RefineOptions
+    from .refine.api import refine_locked
+
+    t_start = time.perf_counter()
+    ppath = W.probs_path(target, fmt) if opts.probs else None
+    outputs = [p for p in (target, ppath) if p is not None]
+    W.refuse_inputs_as_outputs(outputs, [src])
+    W.check_target(target, True)
+    work = target.with_name(f".{target.name}.uhr-refine")
+    with OutputLock(target):
+        for p in outputs:
+            if p.exists() and not (opts.overwrite or opts.resume):
+                raise OutputError(f"output exists: {p} (pass --overwrite to replace it)")
+        if opts.resume and all(p.exists() for p in outputs) and not work.exists():
+            return _already_done(src, target, ppath, opts, t_start)
+        work.mkdir(exist_ok=True)
+        seg, seg_probs = work / "segment.tif", work / "segment_probs.tif"
+        inner = replace_options(opts, probs=True, preview=False, vector=None, fmt="tif",
+                                overwrite=not opts.resume)
+        quiet_end = None
+        if progress is not None:  # one "done"/"end" for the whole job, after the refinement
+            def quiet_end(event: str, done: int, total: int) -> None:
+                if event not in ("done", "end"):
+                    progress(event, done, total)
+        first = _segment_locked(src, seg, "tif", [seg, seg_probs], seg_probs, None, net, info, wdigest, dev, amp,
+                                inner, quiet_end)
+        ropts = replace_options(opts.refine_options or RefineOptions(), method=opts.refine, fmt=fmt,
+                                write_probs=opts.probs, overwrite=True, bands=opts.bands, stretch=opts.stretch)
+        try:
+            r = refine_locked(src, seg_probs, target, fmt, ropts, quiet_end)
+        finally:
+            if progress is not None:
+                progress("end", 0, 0)
+        if progress is not None:
+            progress("done", 0, 0)
+        shutil.rmtree(work, ignore_errors=True)
+    result = replace_options(first, output=target, probs_output=ppath, seconds=time.perf_counter() - t_start,
+                             peak_rss_mb=max(first.peak_rss_mb, r.peak_rss_mb),
+                             notes=[n for n in first.notes if n != "already complete"] + [f"refined: {opts.refine}"])
+    if opts.vector is not None:
+        vectorize_segment_output(result, Path(opts.vector), fmt, overwrite=opts.overwrite or opts.resume)
+    return result
+
+
 def _segment_one(src: Path, target: Path, fmt: str, net, info, wdigest: str, dev, amp: bool, opts: SegmentOptions,
                  progress) -> SegmentResult:
+    if opts.refine is not None:
+        return _segment_refined(src, target, fmt, net, info, wdigest, dev, amp, opts, progress)
     ppath = W.probs_path(target, fmt) if opts.probs else None
     preview = target.with_name(target.stem + "_preview.png") if opts.preview else None
     vector = Path(opts.vector) if opts.vector is not None else None

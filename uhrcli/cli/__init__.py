@@ -9,7 +9,7 @@ import importlib
 from .common import app, run_app, wrap_commands
 
 # Command modules register themselves on `app` when imported.
-_COMMANDS = ["segment", "info", "saliency", "bench", "train", "evaluate", "weights", "vectorize"]
+_COMMANDS = ["segment", "info", "saliency", "bench", "train", "evaluate", "weights", "vectorize", "refine"]
 for _name in _COMMANDS:
     importlib.import_module(f"{__name__}.{_name}")
 wrap_commands(app)

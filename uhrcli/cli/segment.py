@@ -41,6 +41,9 @@ def segment_cmd(
     preview: bool = typer.Option(False, "--preview", help="Also write <name>_preview.png: the class map tinted over the image."),
     vector: Optional[Path] = typer.Option(None, "--vector", help="Also write the class map's polygons (.gpkg, .fgb, "
                                           ".geojson, .parquet), as `uhr vectorize` does; with --probs, mean_prob."),
+    refine: Optional[str] = typer.Option(None, "--refine", help="Refine the probabilities with the image as guide "
+                                         "before the class map: guided (guided filter, exact in tiles) or crf "
+                                         "(DenseCRF, the 'crf' extra); defaults as `uhr refine`'s. GeoTIFF/COG only."),
     bands: Optional[str] = typer.Option(None, "--bands", help="1-based bands to use, e.g. 1,2,3 or 4,3,2."),
     stretch: str = typer.Option("auto", "--stretch", help="Pixel scaling to 0..255: auto (the checkpoint's recorded "
                                 "scaling, else 2-98 percentiles for integers wider than 8 bits), range (the type's "
@@ -69,7 +72,7 @@ def segment_cmd(
                           bands=parse_int_list(bands, "--bands"), stretch=stretch, overwrite=overwrite,
                           resume=resume, skip_existing=skip_existing, amp=amp, preview=preview, border=border,
                           cache_ram=parse_size(cache_ram, "--cache-ram"), cache_disk=parse_size(cache_disk, "--cache-disk"),
-                          cache_dir=cache_dir, vector=vector)
+                          cache_dir=cache_dir, vector=vector, refine=refine)
 
     def on_error(path: Path, msg: str) -> None:
         if as_json:
