@@ -11,3 +11,5 @@ from .checkpoint import build_model, load_checkpoint, save_checkpoint  # noqa: E
 __all__ += ["build_model", "load_checkpoint", "save_checkpoint"]
 from . import isdnet  # noqa: F401,E402  (registers isdnet-r18/-r50/-r18-psp, deeplabv3-r18[-down4])
 from . import pgnet  # noqa: F401,E402  (registers pgnet)
+from . import bisenet  # noqa: F401,E402  (registers bisenetv1-r18, bisenetv2)
+from . import icnet  # noqa: F401,E402  (registers icnet)
