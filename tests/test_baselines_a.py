@@ -158,6 +158,13 @@ def test_mmseg_checkpoint_loads(name, tmp_path):
     x = torch.randn(1, 3, 96, 80)
     with torch.no_grad():
         assert torch.equal(loaded(x), src(x))
+    # `uhr weights convert`: the class count read from decode_head.conv_seg, every key mapped
+    from uhrcli.models.convert import convert_file
+
+    report = convert_file(ckpt, tmp_path / "uhr.safetensors", model_name=name)
+    assert report["mapped"] == len(state) and not report["unmapped"] and not report["missing"]
+    with torch.no_grad():
+        assert torch.equal(build_model(None, tmp_path / "uhr.safetensors")(x), src(x))
 
 
 # -- forward at two sizes, training heads --------------------------------------------------------------
