@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from .aspp import FCNHead
 from .bisenet import _info, _init_heads
 from .isdnet_losses import IGNORE_INDEX, seg_ce
-from .layers import ConvBNAct, resize
+from .layers import ConvBNAct, init_weights, resize
 from .registry import register_model
 from .resnet import ResNetV1c
 from .wholeimage import WholeImageModel
@@ -92,7 +92,7 @@ class ICNeck(nn.Module):
 
 
 class ICNet(WholeImageModel, nn.Module):
-    """ICNet R-50-D8 (mmseg config), 19-class Cityscapes by default of the paper, any class count here."""
+    """ICNet R-50-D8 (mmseg config; the paper uses 19 Cityscapes classes, any count works here)."""
 
     def __init__(self, num_classes: int = 2, depth: int = 50, class_names: Sequence[str] | None = None,
                  dropout: float = 0.1, name: str = "icnet"):
@@ -104,8 +104,6 @@ class ICNet(WholeImageModel, nn.Module):
         self.decode_head = FCNHead(128, 128, num_classes, dropout=0.0)  # dropout_ratio=0 in the config
         self.auxiliary_head = nn.ModuleList(FCNHead(128, 128, num_classes, dropout) for _ in range(2))
         _init_heads(self)
-        from .layers import init_weights
-
         init_weights(self.neck)
         self.info = _info(name, num_classes, class_names, image_wide=("backbone.psp_modules pyramid bins",))
 
