@@ -13,3 +13,5 @@ from . import isdnet  # noqa: F401,E402  (registers isdnet-r18/-r50/-r18-psp, de
 from . import pgnet  # noqa: F401,E402  (registers pgnet)
 from . import pspnet  # noqa: F401,E402  (registers pspnet-r18/-r50[-down2/-down4], isdnet-psp)
 from . import stdcseg  # noqa: F401,E402  (registers stdc1-seg, stdc2-seg)
+from . import bisenet  # noqa: F401,E402  (registers bisenetv1-r18, bisenetv2)
+from . import icnet  # noqa: F401,E402  (registers icnet)

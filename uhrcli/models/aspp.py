@@ -96,11 +96,13 @@ class PSPHead(nn.Module):
 
 
 class FCNHead(nn.Module):
-    """mmseg FCNHead with num_convs=1, concat_input=False: the training-only auxiliary head on layer3."""
+    """mmseg FCNHead with concat_input=False (num_convs 3x3 ConvBNReLUs, 1 by default): the training-only
+    auxiliary head on layer3, and the decode/booster heads of the real-time baselines."""
 
-    def __init__(self, in_channels: int, channels: int, num_classes: int, dropout: float = 0.1):
+    def __init__(self, in_channels: int, channels: int, num_classes: int, dropout: float = 0.1, num_convs: int = 1):
         super().__init__()
-        self.convs = nn.Sequential(ConvBNAct(in_channels, channels, 3))
+        self.convs = nn.Sequential(*(ConvBNAct(in_channels if i == 0 else channels, channels, 3)
+                                     for i in range(num_convs)))
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
         self.conv_seg = nn.Conv2d(channels, num_classes, 1)
         init_classifier(self.conv_seg)

@@ -1,4 +1,5 @@
-"""Official ISDNet (mmseg 0.16) checkpoints -> uhr keys.
+"""Official ISDNet (mmseg 0.16) checkpoints -> uhr keys (and mmseg's BiSeNetV1/V2 and ICNet ones, whose
+keys are ours unchanged).
 
 Our module names follow the official ones, so the mapping is:
   backbone.*, decode_head.*, auxiliary_head.*  -> unchanged
@@ -28,7 +29,7 @@ import torch
 
 from ..errors import CheckpointError, OutputError
 
-KEEP_PREFIXES = ("backbone.", "decode_head.", "auxiliary_head.")
+KEEP_PREFIXES = ("backbone.", "decode_head.", "auxiliary_head.", "neck.")  # neck: ICNet's ICNeck
 REFINE = "refine_head."
 # stdc_net alias containers of the official ShallowNet: <alias>.0.<j> == features.<j>, j in the alias's slice
 _ALIASES = {"x2": range(0, 1), "x4": range(1, 2), "x8": range(2, 4), "x16": range(4, 6)}
@@ -174,6 +175,8 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, model_name: str
     src_state = _unwrap(state)
     if num_classes is None:
         w = src_state.get("refine_head.conv_seg.conv_out.weight", src_state.get("conv_seg.conv_out.weight"))
+        if w is None:  # the mmseg baselines (bisenetv1-r18, bisenetv2, icnet): keys unchanged
+            w = src_state.get("decode_head.conv_seg.weight")
         if w is None:
             raise CheckpointError(f"{src}: no refine_head.conv_seg.conv_out.weight; is this an ISDNet checkpoint?")
         num_classes = int(w.shape[0])
