@@ -11,3 +11,4 @@ from .checkpoint import build_model, load_checkpoint, save_checkpoint  # noqa: E
 __all__ += ["build_model", "load_checkpoint", "save_checkpoint"]
 from . import isdnet  # noqa: F401,E402  (registers isdnet-r18/-r50/-r18-psp, deeplabv3-r18[-down4])
 from . import pgnet  # noqa: F401,E402  (registers pgnet)
+from . import segformer  # noqa: F401,E402  (registers segformer-b0[-down2/-down4], isdnet-segformer-b0)
