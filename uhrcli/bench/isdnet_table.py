@@ -270,10 +270,11 @@ def write_plot(report: TableReport, path: str | os.PathLike) -> Path:
                                                   for n, _, _, f, m in PAPER if n in shown and f and m],
                    "paper_fps", "paper_mem_mb"))
     cpu = str(report.machine.get("device", "")).startswith("cpu")
+    colour = {p[0]: f"C{i % 10}" for i, p in enumerate(PAPER)}  # one colour per model in every panel
     for ax, (title, rows, fk, mk) in zip(axes[0], panels):
         for r in rows:
             isd = r["model"].startswith("isdnet")
-            ax.scatter(r[mk], r[fk], marker="*" if isd else "o", s=90 if isd else 40)
+            ax.scatter(r[mk], r[fk], marker="*" if isd else "o", s=90 if isd else 40, color=colour.get(r["model"]))
             ax.annotate(r["model"], (r[mk], r[fk]), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("memory (MB)" if mk == "paper_mem_mb" else ("model RSS (MB)" if cpu else "peak memory (MB)"))
