@@ -152,13 +152,15 @@ def _measure(spec: dict[str, Any], name: str, size: int, device: torch.device) -
     model = build_model(name, "random", seed=int(spec.get("seed", 0)))
     info = model.info
     side = input_side(size, info.size_multiple, info.task)
+    # optional non-square input (`uhr bench --table isdnet`: Cityscapes 1024 x 2048); default side x side
+    hin, win = int(spec.get("height") or side), int(spec.get("width") or side)
     params = count_params(model)
-    flops, flops_how = count_flops(name, model, (1, info.in_channels, side, side), torch.device("cpu"))
+    flops, flops_how = count_flops(name, model, (1, info.in_channels, hin, win), torch.device("cpu"))
     model = to_device(model, device).eval()
     if fold_bn:  # as `uhr segment` and `uhr saliency` run the network
         fold_batchnorm(model)
     gen = torch.Generator().manual_seed(int(spec.get("seed", 0)))
-    x = to_device(torch.randn(batch, info.in_channels, side, side, generator=gen), device)
+    x = to_device(torch.randn(batch, info.in_channels, hin, win, generator=gen), device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
@@ -189,10 +191,10 @@ def _measure(spec: dict[str, Any], name: str, size: int, device: torch.device) -
     fps = batch / (med / 1000.0)
     gflops = flops / 1e9
     out: dict[str, Any] = {
-        "task": info.task, "input_side": side, "batch_size": batch,
+        "task": info.task, "input_side": side, "input_hw": [hin, win], "batch_size": batch,
         "latency_ms_median": round(med, 3), "latency_ms_p90": round(p90, 3),
         "latency_ms_min": round(min(lat), 3), "iters": len(lat), "warmup": warmup,
-        "fps": fps, "mp_per_s": fps * side * side / 1e6,
+        "fps": fps, "mp_per_s": fps * hin * win / 1e6,
         "params": params, "params_m": params / 1e6,
         "flops": flops, "gflops": gflops, "flops_counted_on": flops_how,
         "gflops_per_s": gflops * fps,

@@ -38,6 +38,9 @@ def bench_cmd(
     csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write one CSV row per model and size."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="PNG: latency and memory against size, per model."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the table."),
+    table_: Optional[str] = typer.Option(None, "--table", help="'isdnet': ISDNet's Tables 3/4 (its models at "
+                                         "1024x2048 and 2448x2448, --sizes HxW to change) beside the paper's "
+                                         "figures, with the ISD / baseline ratios; --models picks rows."),
 ) -> None:
     """Speed and memory per model and input size (FPS, latency, peak memory, GFLOPs), as in UHR papers."""
     from ..bench import (BenchConfig, model_table, pipeline_table, run_benchmark, summary_lines, write_csv,
@@ -47,6 +50,9 @@ def bench_cmd(
     size_list = parse_str_list(sizes)
     if sizes is not None and not size_list:
         raise UsageError("--sizes is empty")
+    if table_ is not None:
+        _table(table_, parse_str_list(models), size_list, device, warmup, iters, json_out, csv_out, plot, quiet)
+        return
     cfg = BenchConfig(models=parse_str_list(models), sizes=size_list, device=device, batch_size=batch_size, amp=amp,
                       channels_last=channels_last, fold_bn=fold_bn, compile=compile_, warmup=warmup, iters=iters, pipeline=pipeline,
                       tile=tile, cache_dir=cache_dir)
@@ -56,6 +62,25 @@ def bench_cmd(
     for line in summary_lines(report):
         console.print(line, highlight=False, soft_wrap=True)
     for path, writer in ((json_out, write_json), (csv_out, write_csv), (plot, write_plot)):
+        if path is not None:
+            writer(report, path)
+            if not quiet:
+                console_err.print(f"wrote {path}", highlight=False)
+
+
+def _table(name: str, models, sizes, device: str, warmup, iters, json_out, csv_out, plot, quiet: bool) -> None:
+    from ..bench import isdnet_table as it
+    from ..errors import UsageError
+
+    if name != "isdnet":
+        raise UsageError(f"--table {name!r}: the only table is 'isdnet'")
+    progress = None if quiet else (lambda msg: console_err.print(f"[dim]{escape(msg)}[/dim]", highlight=False))
+    report = it.run_isdnet_table(models or None, sizes or None, device=device, warmup=warmup, iters=iters,
+                                 progress=progress)
+    console.print(it.table(report))
+    for line in it.summary(report):
+        console.print(line, highlight=False, soft_wrap=True)
+    for path, writer in ((json_out, it.write_json), (csv_out, it.write_csv), (plot, it.write_plot)):
         if path is not None:
             writer(report, path)
             if not quiet:

@@ -93,6 +93,13 @@ class DeepBranch:
         shrunk), the rest for the network."""
         ratio = int(self.model.down_ratio)
         total = reader.height * reader.width
+        hv, wv = reader.height // ratio, reader.width // ratio
+        if hv * wv > self.whole_max and not self.reach.get("backbone_tileable", True):
+            from ..errors import UsageError
+
+            raise UsageError(f"{self.model.info.name}: its {self.reach.get('image_wide', 'image-wide ops')} "
+                             f"cannot be tiled and the {hv}x{wv} view exceeds the one-pass limit of "
+                             f"{self.whole_max} view pixels; use a smaller raster or a -down variant")
         if progress:
             progress("phase:deep branch", 0, total)
         read_share = 0.5 if ratio > 1 else 0.0

@@ -15,3 +15,4 @@ from . import pspnet  # noqa: F401,E402  (registers pspnet-r18/-r50[-down2/-down
 from . import stdcseg  # noqa: F401,E402  (registers stdc1-seg, stdc2-seg)
 from . import bisenet  # noqa: F401,E402  (registers bisenetv1-r18, bisenetv2)
 from . import icnet  # noqa: F401,E402  (registers icnet)
+from . import segformer  # noqa: F401,E402  (registers segformer-b0[-down2/-down4], isdnet-segformer-b0)
