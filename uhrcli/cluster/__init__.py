@@ -14,7 +14,7 @@ from typing import Any, Iterable, Sequence
 
 from ..errors import ClusterError, MissingDependencyError, UsageError, first_line
 
-CONNECT_TIMEOUT = 10  # seconds to reach a scheduler
+CONNECT_TIMEOUT = 10  # seconds to reach a scheduler (UHR_DASK_CONNECT_TIMEOUT overrides)
 WORKER_WAIT = 30  # seconds to wait for a first worker on a scheduler that has none yet
 
 
@@ -91,13 +91,15 @@ def local_cluster(workers: int, threads: int | None = None, dashboard: str | Non
 
 
 def connect(scheduler: str | None = None, workers: int | None = None, *, threads: int | None = None,
-            timeout: float = CONNECT_TIMEOUT, dashboard: str | None = ":0") -> Cluster:
+            timeout: float | None = None, dashboard: str | None = ":0") -> Cluster:
     """A client on the cluster at `scheduler` (tcp://HOST:8786), or on `workers` new local worker processes."""
     if scheduler and workers:
         raise UsageError("--scheduler and --workers exclude each other: join a cluster or start one")
     if not scheduler and not workers:
         raise UsageError("give --scheduler tcp://HOST:8786 or --workers N")
     distributed = _distributed()
+    if timeout is None:
+        timeout = float(os.environ.get("UHR_DASK_CONNECT_TIMEOUT", CONNECT_TIMEOUT))
     if workers:
         local = local_cluster(int(workers), threads, dashboard)
         try:

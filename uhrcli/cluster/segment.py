@@ -39,6 +39,11 @@ def _key(kind: str, run: str, *parts: object) -> str:
     return "-".join(["uhr", kind, *map(str, parts), run[:8]])
 
 
+def _near(workers: list[str] | None) -> dict:
+    """Placement of a task: on the worker that cached its row's features, or elsewhere when that one is busy or gone."""
+    return {"workers": workers, "allow_other_workers": True} if workers else {}
+
+
 def _cancel(client: Any, futures) -> None:
     try:
         client.cancel(list(futures))
@@ -85,7 +90,7 @@ class ClusterTilePass:
             fut_row = {}
             for r in pending:
                 f = client.submit(tile_band, self.mspec, spec, r, means, c_gap16, key=_key("tiles", run, r),
-                                  workers=holder.get(r), allow_other_workers=True, pure=False)
+                                  pure=False, **_near(holder.get(r)))
                 fut_row[f] = r
             futures.extend(fut_row)
             ready = {r for r in range(rows) if done[r].all()}
@@ -177,7 +182,7 @@ class ClusterTilePass:
         progress("phase:fusion pass", 0, total)
         mean_s16 = means["s16"].numpy()
         fb = {client.submit(fusion_band, self.mspec, spec, r, live[r], mean_s16, c_gap16, key=_key("fusion", run, r),
-                            workers=holder.get(r), allow_other_workers=True, pure=False): r for r in sorted(live)}
+                            pure=False, **_near(holder.get(r))): r for r in sorted(live)}
         futures.extend(fb)
         c8: dict[int, list] = {}
         for f in as_completed(list(fb)):
