@@ -198,3 +198,25 @@ def test_cli_workers_runs_a_folder(rasters, local, tmp_path):
     assert "Dask dashboard: http" in res.stderr
     for n in ("a.tif", "c.tif"):
         _same(tmp_path / "out" / n, local[0] / "folder" / n)
+
+
+def test_saliency_photos_as_tasks(client, saliency_pairs, tmp_path):
+    from uhrcli.saliency import run_saliency
+
+    photos = tmp_path / "photos"
+    (photos / "sub").mkdir(parents=True)
+    for i in range(3):
+        for p in saliency_pairs.glob("*.jpg"):
+            shutil.copy(p, (photos / "sub" if i == 2 else photos) / f"{p.stem}_{i}.jpg")
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    kw = dict(model="fcn-tiny", weights="random", size=256, outputs=("map", "mask"), recursive=True)
+    want = run_saliency([photos], tmp_path / "local", **kw)
+    seen = []
+    got = run_saliency([photos], tmp_path / "cluster", client=client, on_error=lambda p, m: seen.append(p.name),
+                       **kw)
+    assert [r.input for r in got.results] == [r.input for r in want.results] and len(got.results) == 6
+    assert got.failed == want.failed and seen == ["broken.jpg"]
+    for r in want.results:
+        for o in r.outputs:
+            twin = tmp_path / "cluster" / o.relative_to(tmp_path / "local")
+            assert sha256(twin) == sha256(o), twin

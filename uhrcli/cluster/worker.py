@@ -40,6 +40,8 @@ class ModelSpec:
     device: str
     amp: bool | None
     channels_last: bool
+    kwargs: tuple = ()  # (name, value) pairs of the model's constructor options
+    task: str = "segment"  # or "saliency" (built by uhrcli.saliency.load_saliency_model)
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,12 @@ def load_model(spec: ModelSpec) -> tuple[Any, torch.device, bool]:
                 raise WorkerSetupError(f"{_where()}: {spec.weights} is a different file from the client's: every "
                                        "worker needs the same weights")
         dev = resolve_device(spec.device)
-        net = build_model(spec.name, spec.weights)
+        if spec.task == "saliency":
+            from ..saliency import load_saliency_model
+
+            net = load_saliency_model(spec.name, spec.weights, dict(spec.kwargs)).to(dev).eval()
+        else:
+            net = build_model(spec.name, spec.weights, **dict(spec.kwargs))
         if spec.fold_bn:
             fold_batchnorm(net.eval())
         amp = default_amp(dev) if spec.amp is None else spec.amp
@@ -113,6 +120,23 @@ def segment_raster(mspec: ModelSpec, job: Any, opts: Any, replace: bool) -> tupl
                         overwrite=opts.overwrite or replace)
     result = _segment_one(job.src, job.target, job.fmt, net, net.info, mspec.digest, dev, amp, o, None)
     return result, notes
+
+
+def saliency_chunk(mspec: ModelSpec, jobs: list, params: dict) -> tuple[list, list, list]:
+    """Photos through uhrcli.saliency's local pipeline on this worker: (results, [(input, message)], notes)."""
+    from ..saliency import SaliencyReport, process_jobs
+
+    net, dev, amp = load_model(mspec)
+    report = SaliencyReport()
+    failed: list = []
+
+    def fail(job: Any, msg: str) -> None:
+        failed.append((job.src, msg if str(job.src) in msg else f"{job.src}: {msg}"))
+
+    p = params
+    process_jobs(jobs, net, dev, amp, p["size"], p["kinds"], p["threshold"], p["bit_depth"], p["batch_size"],
+                 p["stream_pixels"], p["strip_rows"], report, fail, None)
+    return report.results, failed, report.notes
 
 
 # -- one raster across workers ---------------------------------------------------------------------------------
@@ -317,4 +341,4 @@ def set_threads(n: int) -> None:
 
 
 __all__ = ["ModelSpec", "RasterSpec", "WorkerSetupError", "load_model", "segment_raster", "deep_task",
-           "shallow_band", "fusion_band", "tile_band", "release", "check_paths", "BandView", "StoredMap"]
+           "shallow_band", "fusion_band", "tile_band", "saliency_chunk", "release", "check_paths", "BandView", "StoredMap"]
