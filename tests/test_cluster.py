@@ -220,3 +220,29 @@ def test_saliency_photos_as_tasks(client, saliency_pairs, tmp_path):
         for o in r.outputs:
             twin = tmp_path / "cluster" / o.relative_to(tmp_path / "local")
             assert sha256(twin) == sha256(o), twin
+
+
+def test_eval_run_on_workers_scores_as_locally(rasters, tmp_path):
+    """`uhr eval run --workers 2` on an Inria-layout dataset of two images: the same scores as the local run."""
+    import json
+
+    root = tmp_path / "inria"
+    (root / "images").mkdir(parents=True)
+    (root / "gt").mkdir()
+    with rasterio.open(EXAMPLES / "austin_inria_crop.tif") as a, \
+            rasterio.open(EXAMPLES / "austin_inria_crop_buildings.tif") as b:
+        img, gt, pa, pb = a.read(), b.read(), a.profile, b.profile
+    for name, (r, c) in (("austin1", (0, 0)), ("austin2", (400, 300))):
+        _write(root / "images" / f"{name}.tif", img[:, r:r + 600, c:c + 700], pa)
+        _write(root / "gt" / f"{name}.tif", gt[:, r:r + 600, c:c + 700], pb)
+    scores = []
+    for extra in ([], ["--workers", "2"]):
+        out = tmp_path / f"e{len(scores)}.json"
+        res = run_uhr("eval", "run", "--weights", DEMO, "--data", str(root), "--tile", "512", "--json", str(out),
+                      "-q", *extra)
+        assert res.returncode == 0, res.stderr
+        rec = json.loads(out.read_text())
+        for f in rec["files"]:  # predictions went into a temporary folder of each run
+            f["pred"] = os.path.basename(f["pred"])
+        scores.append(rec)
+    assert len(scores[0]["files"]) == 2 and scores[0] == scores[1]
