@@ -139,6 +139,7 @@ def run_config(kind: str, src, out: Path, workers: int, model_kw: dict, tile: in
             "bytes_sent_per_task": int((sum(meter.sent) + sum(results)) / max(1, ntasks)),
             "storage_bytes_per_task": int((in_bytes + (max(sizes) if sizes else 0)) / max(1, ntasks)),
             "peak_rss_mb_workers": sorted(round(v) for v in rss.values()), "peak_rss_mb_client": round(_rss_mb()),
+            "tiles_recomputed": [r.stats.extra.get("tiles_recomputed") for r in res if "tiles_recomputed" in r.stats.extra],
         }
     finally:
         client.close()

@@ -56,6 +56,7 @@ class ClusterTilePass:
 
     def __init__(self, client: Any, mspec: ModelSpec):
         self.client, self.mspec = client, mspec
+        self.recomputed = 0
 
     def __call__(self, p) -> EngineStats:
         from distributed import as_completed
@@ -87,6 +88,7 @@ class ClusterTilePass:
             p.tile_phase()
             t0 = time.perf_counter()
             stats = EngineStats(tiles_resumed=int(done.sum()))
+            recomputed = 0
             fut_row = {}
             for r in pending:
                 f = client.submit(tile_band, self.mspec, spec, r, means, c_gap16, key=_key("tiles", run, r),
@@ -114,11 +116,15 @@ class ClusterTilePass:
                     setattr(stats, name, getattr(stats, name) + getattr(st, name))
                 for name in ("model_seconds", "read_seconds", "write_seconds"):
                     setattr(stats, name, getattr(stats, name) + getattr(st, name))
+                recomputed += int(st.extra.get("recomputed", 0))
                 progress("tile", sum(int(t.core.width * t.core.height) for t in (g.tile(r, c) for c in range(cols))
                                      if not done[r, t.col]), 0)
                 ready.add(r)
                 stream()
             stats.seconds = time.perf_counter() - t0
+            # tiles whose shallow branch ran again (fusion and tile passes) because their task ran on another
+            # worker than the shallow pass's: the price of a moved task
+            stats.extra["tiles_recomputed"] = {"fusion pass": self.recomputed, "tiles": recomputed}
             stats.extra["workers"] = len(self.client.scheduler_info(n_workers=-1).get("workers", {}))
             return stats
         except BaseException:
@@ -190,8 +196,9 @@ class ClusterTilePass:
             c8[r] = f.result()
             progress("advance", band_px[r], 0)
         c8_sum: dict[str, Any] = {}
+        self.recomputed = sum(int(miss) for r in c8 for _, _, miss in c8[r])
         for r in sorted(c8):
-            for _, (s, n) in sorted(c8[r], key=lambda item: item[0]):
+            for _, (s, n), _ in sorted(c8[r], key=lambda item: item[0]):
                 c8_sum["s"] = c8_sum.get("s", 0) + torch.from_numpy(s)
                 c8_sum["n"] = c8_sum.get("n", 0) + n
         means["c8"] = (c8_sum["s"] / c8_sum["n"]).float()[None]

@@ -287,8 +287,9 @@ def shallow_band(mspec: ModelSpec, spec: RasterSpec, row: int) -> list[tuple[int
 
 
 def fusion_band(mspec: ModelSpec, spec: RasterSpec, row: int, cols: Sequence[int], mean_s16: np.ndarray,
-                c_gap16: np.ndarray) -> list[tuple[int, tuple[np.ndarray, int]]]:
-    """Pass B over the tiles `cols` (those holding data) of tile row `row`: per tile c8's core sum."""
+                c_gap16: np.ndarray) -> list[tuple[int, tuple[np.ndarray, int], bool]]:
+    """Pass B over the tiles `cols` (those holding data) of tile row `row`: per tile c8's core sum, and whether
+    the tile was not in this worker's cache (computed again from its pixels)."""
     run = _run(mspec, spec)
     out = []
     with run.lock:
@@ -298,7 +299,7 @@ def fusion_band(mspec: ModelSpec, spec: RasterSpec, row: int, cols: Sequence[int
             t = run.grid.tile(row, c)
             x = None if not run.inferer.needs_pixels(t) else run.reader.read(t.read)
             s, n = run.inferer.fusion_tile(t, x)
-            out.append((c, (s.cpu().numpy(), int(n))))
+            out.append((c, (s.cpu().numpy(), int(n)), x is not None))  # True: its shallow branch ran again
     return out
 
 
@@ -313,8 +314,11 @@ def tile_band(mspec: ModelSpec, spec: RasterSpec, row: int, means: dict[str, np.
         if run.twoscale and means is not None and c_gap16 is not None:
             run.use_deep()
             run.inferer.set_means({k: torch.from_numpy(v) for k, v in means.items()}, torch.from_numpy(c_gap16))
-        return run_tiles(run.reader, run.grid, run.inferer, BandView(run.scratch, row), merge="crop",
-                         batch_size=spec.batch_size)
+        before = getattr(getattr(run.inferer, "stats", None), "tiles_recomputed", 0)
+        stats = run_tiles(run.reader, run.grid, run.inferer, BandView(run.scratch, row), merge="crop",
+                          batch_size=spec.batch_size)
+        stats.extra["recomputed"] = getattr(getattr(run.inferer, "stats", None), "tiles_recomputed", 0) - before
+        return stats
 
 
 # -- checks and setup --------------------------------------------------------------------------------------------
