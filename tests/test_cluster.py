@@ -95,9 +95,11 @@ def test_folder_one_task_per_raster_with_errors_per_file(client, rasters, local,
     assert res.failed == want.failed and failed == [(p.name, m) for p, m in want.failed]
     for n in ("a.tif", "c.tif"):
         _same(tmp_path / "out" / n, local[0] / "folder" / n)
-    # a raster over split_pixels is split across the workers inside the folder run: the same bytes again
-    res = segment(str(rasters / "folder"), tmp_path / "split", client=client, split_pixels=1, **MODELS["demo"])
+    # a raster over split_pixels (c.tif, 525000 px; fewer such rasters than workers) is split across the workers
+    # inside the folder run, a.tif runs as one task: the same bytes again
+    res = segment(str(rasters / "folder"), tmp_path / "split", client=client, split_pixels=500_000, **MODELS["demo"])
     assert [r.input.name for r in res] == ["a.tif", "c.tif"] and len(res.failed) == 1
+    assert "tiles_recomputed" in res[1].stats.extra and "tiles_recomputed" not in res[0].stats.extra
     single = segment(str(rasters / "folder" / "c.tif"), tmp_path / "c-local.tif", **MODELS["demo"])
     assert single[0].stats.tiles == res[1].stats.tiles
     _same(tmp_path / "split" / "c.tif", tmp_path / "c-local.tif")

@@ -94,6 +94,7 @@ class SegmentOptions:
     scratch: str | os.PathLike | None = None  # folder of the scratch stores (None: beside each output); on a
     # cluster, storage every worker sees
     split_pixels: int = 64_000_000  # on a cluster, rasters of a folder run this large are split across workers
+    # (when there are fewer of them than workers)
 
 
 def cache_budget(opts: SegmentOptions, device: torch.device, default_dir: Path | None) -> CacheBudget:

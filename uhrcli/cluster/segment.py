@@ -31,7 +31,7 @@ from ..errors import OutputError
 from ..inference import kind_of
 from ..inference.raster import default_tile
 from ..io.readers import open_reader
-from . import preflight
+from . import preflight, workers_of
 from .worker import ModelSpec, RasterSpec, deep_task, fusion_band, release, segment_raster, shallow_band, tile_band
 
 
@@ -282,7 +282,11 @@ def segment_on_cluster(client: Any, jobs: list[Job], *, many: bool, model: str |
         progress("plan:rasters=1", 0, total)
         progress("phase:rasters", 0, total)
     run = uuid.uuid4().hex
+    # a large raster is split across the workers only when there are fewer of them than workers: otherwise one
+    # task each keeps every worker busy without the split's barriers and its once-per-raster deep task
     big = [(j, rep) for j, rep in todo if split_ok and sizes[j.src] >= opts.split_pixels]
+    if len(big) >= max(1, len(workers_of(client))):
+        big = []
     futs = {client.submit(segment_raster, mspec, j, wopts, rep, key=_key("raster", run, i), pure=False): j
             for i, (j, rep) in enumerate(todo) if (j, rep) not in big}
     results: dict[Path, Any] = {}
