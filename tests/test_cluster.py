@@ -172,6 +172,12 @@ def test_bad_setups_one_line(client, rasters, tmp_path):
 
     with pytest.raises(ClusterError, match=r"worker tcp://.* cannot read .*nowhere.safetensors: every worker needs it"):
         preflight(client, [tmp_path / "nowhere.safetensors"], [tmp_path])
+    # a folder the workers do not see as the client does (a local disk elsewhere): the probe they read differs
+    from uhrcli.cluster.worker import check_paths
+
+    (tmp_path / "probe").write_text("what this worker sees")
+    answers = client.run(check_paths, [], [(str(tmp_path / "probe"), "what the client wrote")])
+    assert len(answers) == 2 and all("must be on storage every worker sees" in a for a in answers.values())
     with pytest.raises(InputError):  # a single broken raster raises its own error, as locally
         segment(str(rasters / "folder" / "b.tif"), tmp_path / "b.tif", client=client, **MODELS["fcn-tiny"])
     env_res = _uhr_env("segment", str(rasters / "big.tif"), "-o", str(tmp_path / "x.tif"), "--weights", "random",
