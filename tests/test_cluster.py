@@ -126,18 +126,29 @@ class _KillOnce(distributed.WorkerPlugin):
             threading.Timer(self.delay, os.kill, (os.getpid(), signal.SIGKILL)).start()
 
 
-@pytest.mark.parametrize("prefix", ["uhr-shallow", "uhr-tiles"])
+@pytest.mark.parametrize("prefix", ["uhr-shallow", "uhr-tiles", "uhr-raster"])
 def test_worker_killed_mid_run_loses_no_tile(client, rasters, local, tmp_path, prefix):
+    """SIGKILL of a worker process in a split raster's shallow or tile pass, or in a folder's raster task (whose
+    next attempt resumes the scratch store the killed one left): the output is byte-identical to the local run."""
     marker = tmp_path / "killed"
     before = set(client.scheduler_info(n_workers=-1)["workers"])
     client.register_plugin(_KillOnce(str(marker), prefix, 0.1), name="kill-once")
     try:
-        res = segment(str(rasters / "big.tif"), tmp_path / "big.tif", client=client, **MODELS["demo"])
+        if prefix == "uhr-raster":
+            res = segment(str(rasters / "folder"), tmp_path / "out", client=client, **MODELS["fcn-tiny"])
+        else:
+            res = segment(str(rasters / "big.tif"), tmp_path / "big.tif", client=client, **MODELS["demo"])
     finally:
         client.unregister_worker_plugin("kill-once")
     assert marker.exists()
-    _same(tmp_path / "big.tif", local[0] / "big-demo.tif")
-    assert res[0].stats.tiles + res[0].stats.tiles_resumed == 9
+    if prefix == "uhr-raster":
+        assert [r.input.name for r in res] == ["a.tif", "c.tif"] and len(res.failed) == 1
+        for n in ("a.tif", "c.tif"):
+            _same(tmp_path / "out" / n, local[0] / "folder" / n)
+        assert not list((tmp_path / "out").glob(".*uhr-partial"))
+    else:
+        _same(tmp_path / "big.tif", local[0] / "big-demo.tif")
+        assert res[0].stats.tiles + res[0].stats.tiles_resumed == 9
     client.wait_for_workers(2, timeout=60)  # the nanny brought the killed worker back, under a new address
     assert set(client.scheduler_info(n_workers=-1)["workers"]) != before
 

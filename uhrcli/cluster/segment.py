@@ -44,6 +44,15 @@ def _near(workers: list[str] | None) -> dict:
     return {"workers": workers, "allow_other_workers": True} if workers else {}
 
 
+def _forget(futures: list, done: dict) -> None:
+    """Drop the client's hold on finished tasks whose results were taken."""
+    keep = [f for f in futures if f not in done]
+    futures[:] = keep
+    for f in list(done):
+        f.release()
+    done.clear()
+
+
 def _cancel(client: Any, futures) -> None:
     try:
         client.cancel(list(futures))
@@ -131,8 +140,9 @@ class ClusterTilePass:
             _cancel(client, futures)
             raise
         finally:
-            try:
-                client.run(release, run)
+            futures.clear()
+            try:  # not waited for: a worker that is dying or restarting must not hold the client up
+                client.run(release, run, wait=False)
             except Exception:  # noqa: BLE001 - workers that died took their caches with them
                 pass
 
@@ -153,6 +163,7 @@ class ClusterTilePass:
             f = client.submit(deep_task, self.mspec, spec, key=_key("deep", run), pure=False)
             futures.append(f)
             c_gap16 = np.asarray(f.result(), np.float32)
+            _forget(futures, {f: None})
             group.attrs["cluster_deep"] = {"c_gap16": [float(v) for v in c_gap16[0]]}
             progress("advance", total, 0)
         state = group.attrs.get("inferer_state") if p.resumed else None
@@ -171,6 +182,7 @@ class ClusterTilePass:
             except Exception:  # noqa: BLE001 - a hint only
                 holder[r] = None
             progress("advance", band_px[r], 0)
+        _forget(futures, fa)  # their sums are here: a worker lost later must not make the scheduler redo them
         sums: dict[str, list] = {}
         live: dict[int, list[int]] = {}
         for r in range(rows):  # the local run's order: tile by tile, row-major, in float64
@@ -195,6 +207,7 @@ class ClusterTilePass:
             r = fb[f]
             c8[r] = f.result()
             progress("advance", band_px[r], 0)
+        _forget(futures, fb)
         c8_sum: dict[str, Any] = {}
         self.recomputed = sum(int(miss) for r in c8 for _, _, miss in c8[r])
         for r in sorted(c8):
