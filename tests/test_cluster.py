@@ -149,7 +149,14 @@ def test_worker_killed_mid_run_loses_no_tile(client, rasters, local, tmp_path, p
     else:
         _same(tmp_path / "big.tif", local[0] / "big-demo.tif")
         assert res[0].stats.tiles + res[0].stats.tiles_resumed == 9
-    client.wait_for_workers(2, timeout=60)  # the nanny brought the killed worker back, under a new address
+    # the kill may land just after the run's last task: wait until the scheduler has seen the worker go and the
+    # nanny bring it back, under a new address
+    import time
+
+    deadline = time.monotonic() + 60
+    while set(client.scheduler_info(n_workers=-1)["workers"]) == before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    client.wait_for_workers(2, timeout=60)
     assert set(client.scheduler_info(n_workers=-1)["workers"]) != before
 
 

@@ -123,6 +123,13 @@ class ClusterTilePass:
                 r = fut_row[f]
                 for name in ("pixels", "tiles", "tiles_skipped_nodata"):
                     setattr(stats, name, getattr(stats, name) + getattr(st, name))
+                pend = [c for c in range(cols) if not done[r, c]]
+                missing = len(pend) - st.tiles - st.tiles_skipped_nodata
+                if missing > 0:  # an attempt whose worker died before its result came back did them: the
+                    # scheduler ran the task again, which found the row done
+                    stats.tiles += missing
+                    stats.pixels += sum(int(g.tile(r, c).core.width * g.tile(r, c).core.height) for c in pend) \
+                        - st.pixels
                 for name in ("model_seconds", "read_seconds", "write_seconds"):
                     setattr(stats, name, getattr(stats, name) + getattr(st, name))
                 recomputed += int(st.extra.get("recomputed", 0))
