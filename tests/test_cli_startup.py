@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-HEAVY = ("torch", "rasterio", "zarr", "numpy", "tifffile", "PIL", "safetensors")
+HEAVY = ("torch", "rasterio", "zarr", "numpy", "tifffile", "PIL", "safetensors", "dask", "distributed")
 PROBE = """
 import json, sys
 sys.argv = ["uhr", *sys.argv[1:]]

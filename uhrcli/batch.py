@@ -64,6 +64,42 @@ def check_existing(jobs: list[Job], overwrite: bool, skip_existing: bool, resume
                           f"or --overwrite to replace them)")
 
 
+def plan_jobs(jobs: list[Job], skip_existing: bool, resume: bool) -> tuple[list[tuple[Job, bool]], list[Path]]:
+    """(job, replace) for the jobs to run, and the inputs --skip-existing skips (every output there).
+
+    replace=True where --skip-existing meets a partial set of outputs (say, --probs added): written again."""
+    todo: list[tuple[Job, bool]] = []
+    skipped: list[Path] = []
+    for job in jobs:
+        replace = False
+        if skip_existing and not (resume and job.interrupted()):
+            have = [p.exists() for p in job.outputs]
+            if all(have):
+                skipped.append(job.src)
+                continue
+            replace = any(have)
+        todo.append((job, replace))
+    return todo, skipped
+
+
+def failure_message(job: Job, exc: BaseException) -> str:
+    """The one line a batch reports for a raster that failed (it names the input)."""
+    msg = str(exc).strip().splitlines()[0] if isinstance(exc, UhrError) and str(exc).strip() \
+        else f"{type(exc).__name__}: {first_line(exc)}"
+    return msg if str(job.src) in msg else f"{job.src}: {msg}"
+
+
+def stops_batch(exc: BaseException, msg: str) -> bool:
+    """Failures every raster after this one would meet too (a full disk): the batch stops."""
+    return isinstance(exc, OutputError) and msg.find("disk full") >= 0
+
+
+def interrupted_batch(exc: KeyboardInterrupt, job: Job, finished: int, total: int) -> KeyboardInterrupt:
+    msg = str(exc) or f"interrupted at {job.src.name}"
+    hint = "" if "--resume" in msg else "; rerun with --resume"
+    return KeyboardInterrupt(f"{msg}{hint} ({finished} of {total} raster(s) finished in this run)")
+
+
 def run_batch(jobs: list[Job], run_one: Callable[[Job, bool], R], *, many: bool, skip_existing: bool,
               resume: bool, on_error: Callable[[Path, str], Any] | None = None) -> BatchReport[R]:
     """run_one(job, replace) for every job; replace=True where --skip-existing meets a partial set of outputs.
@@ -71,30 +107,19 @@ def run_batch(jobs: list[Job], run_one: Callable[[Job, bool], R], *, many: bool,
     many=False: the single input's error is raised as it is.
     """
     report: BatchReport[R] = BatchReport()
-    for job in jobs:
-        replace = False
-        if skip_existing and not (resume and job.interrupted()):
-            have = [p.exists() for p in job.outputs]
-            if all(have):
-                report.skipped.append(job.src)
-                continue
-            replace = any(have)  # a partial set (say, --probs added): written again as a whole
+    todo, report.skipped = plan_jobs(jobs, skip_existing, resume)
+    for job, replace in todo:
         try:
             report.append(run_one(job, replace))
         except KeyboardInterrupt as exc:
             if not many:
                 raise
-            msg = str(exc) or f"interrupted at {job.src.name}"
-            hint = "" if "--resume" in msg else "; rerun with --resume"
-            raise KeyboardInterrupt(f"{msg}{hint} ({len(report)} of {len(jobs)} raster(s) finished in this run)") from None
+            raise interrupted_batch(exc, job, len(report), len(jobs)) from None
         except Exception as exc:  # noqa: BLE001 - in a batch, any failure of one raster is that raster's
             if not many:
                 raise
-            msg = str(exc).strip().splitlines()[0] if isinstance(exc, UhrError) and str(exc).strip() \
-                else f"{type(exc).__name__}: {first_line(exc)}"
-            if str(job.src) not in msg:
-                msg = f"{job.src}: {msg}"
-            if isinstance(exc, OutputError) and msg.find("disk full") >= 0:
+            msg = failure_message(job, exc)
+            if stops_batch(exc, msg):
                 raise  # every raster after it would fail the same way
             report.failed.append((job.src, msg))
             if on_error is not None:
@@ -102,5 +127,5 @@ def run_batch(jobs: list[Job], run_one: Callable[[Job, bool], R], *, many: bool,
     return report
 
 
-__all__ = ["BatchReport", "Job", "check_existing", "run_batch"]
+__all__ = ["BatchReport", "Job", "check_existing", "failure_message", "plan_jobs", "run_batch", "stops_batch"]
 

@@ -54,6 +54,13 @@ class MissingDependencyError(UhrError):
     exit_code = 69
 
 
+class ClusterError(UhrError):
+    """A Dask cluster cannot do the run: the scheduler is unreachable, a worker lacks the weights or cannot see
+    the scratch folder (EX_UNAVAILABLE)."""
+
+    exit_code = 69
+
+
 def pyplot():
     """matplotlib.pyplot on the Agg backend (no display), or a one-line error naming the `plot` extra."""
     try:

@@ -468,7 +468,7 @@ def run_saliency(inputs: str | os.PathLike | Sequence[str | os.PathLike], outdir
                  progress: ProgressFn | None = None, model_kwargs: dict[str, Any] | None = None,
                  stream_pixels: int = DEFAULT_STREAM_PIXELS, strip_rows: int | None = None,
                  on_error: Callable[[Path, str], Any] | None = None, net: torch.nn.Module | None = None,
-                 compile: bool = False) -> SaliencyReport:
+                 compile: bool = False, client: Any = None) -> SaliencyReport:
     """Saliency maps (and masks, cut-outs, previews) for images, folders or gigapixel rasters.
 
     size: the SxS resolution the network sees (default: the model's
@@ -480,7 +480,9 @@ def run_saliency(inputs: str | os.PathLike | Sequence[str | os.PathLike], outdir
     ("image", 1, 0) per image finished or failed and ("end", 0, 0);
     on_error(path, message) is called for each failed image. `net` passes an
     already built model (then model/weights are ignored). compile: torch.compile
-    the network (uhrcli.inference.compile; tens of seconds to start).
+    the network (uhrcli.inference.compile; tens of seconds to start). client: a
+    `distributed.Client`: the images run as tasks on its Dask cluster, a few
+    per task, the model built once per worker (uhrcli.cluster.saliency).
     """
     t_run = time.perf_counter()
     kinds = parse_outputs(outputs)
@@ -496,6 +498,8 @@ def run_saliency(inputs: str | os.PathLike | Sequence[str | os.PathLike], outdir
     if outdir.exists() and not outdir.is_dir():
         raise OutputError(f"{outdir}: the output must be a folder, and this is a file")
 
+    if client is not None and net is not None:
+        raise UsageError("a cluster run builds the model on each worker: pass model= and weights=, not net=")
     own_net = net is None  # a network we built may be folded for inference; a caller's is left as given
     if net is None:
         net = load_saliency_model(model, weights, model_kwargs)
@@ -510,18 +514,17 @@ def run_saliency(inputs: str | os.PathLike | Sequence[str | os.PathLike], outdir
     W.refuse_inputs_as_outputs([t for j in jobs for t in j.targets.values()], [j.src for j in jobs])
     _check_existing(jobs, overwrite, skip_existing)
 
-    dev = resolve_device(device)
+    dev = resolve_device(device) if client is None else torch.device("cpu")
     use_amp = default_amp(dev) if amp is None else bool(amp)
-    net = net.to(dev).eval()
-    if own_net:
-        fold_batchnorm(net)
-    if compile:
-        from .inference.compile import compile_model
+    if client is None:
+        net = net.to(dev).eval()
+        if own_net:
+            fold_batchnorm(net)
+        if compile:
+            from .inference.compile import compile_model
 
-        compile_model(net)
-    report = SaliencyReport(model=info.name, size=size, device=str(dev))
-    mean = torch.tensor(info.mean, dtype=torch.float32)
-    std = torch.tensor(info.std, dtype=torch.float32)
+            compile_model(net)
+    report = SaliencyReport(model=info.name, size=size, device=str(dev) if client is None else "cluster")
 
     def fail(job: Job, msg: str) -> None:
         msg = msg if str(job.src) in msg else f"{job.src}: {msg}"
@@ -548,6 +551,35 @@ def run_saliency(inputs: str | os.PathLike | Sequence[str | os.PathLike], outdir
         progress("start", 0, len(todo) + len(refused))
     for j in refused:
         fail(j, "too large for rgba/overlay outputs (they need the image whole); ask for --output map or mask")
+
+    try:
+        if client is not None:
+            from .cluster.saliency import saliency_on_cluster
+
+            saliency_on_cluster(client, todo, report, fail, progress, model=model, weights=weights,
+                                model_kwargs=model_kwargs, device=device, amp=amp, size=size, kinds=kinds,
+                                threshold=threshold, bit_depth=bit_depth, batch_size=batch_size,
+                                stream_pixels=stream_pixels, strip_rows=strip_rows)
+        else:
+            process_jobs(todo, net, dev, use_amp, size, kinds, threshold, bit_depth, batch_size, stream_pixels,
+                         strip_rows, report, fail, progress)
+    finally:
+        report.seconds = time.perf_counter() - t_run
+        report.peak_rss_mb = peak_rss_mb()
+        if progress:
+            progress("end", 0, 0)
+    return report
+
+
+def process_jobs(todo: list[Job], net: torch.nn.Module, dev: torch.device, use_amp: bool, size: int,
+                 kinds: Sequence[str], threshold: float, bit_depth: int, batch_size: int, stream_pixels: int,
+                 strip_rows: int | None, report: SaliencyReport, fail: Callable[[Job, str], None],
+                 progress: ProgressFn | None) -> None:
+    """The images of `todo` through `net` (on `dev`, in eval mode) into their outputs; results and notes go into
+    `report`, failures to fail(job, message). A cluster's workers run this on their share of the images."""
+    info = net.info
+    mean = torch.tensor(info.mean, dtype=torch.float32)
+    std = torch.tensor(info.std, dtype=torch.float32)
 
     def load(job: Job) -> Prepared:
         return _prepare(job, size, mean, std, kinds, stream_pixels, strip_rows)
@@ -578,12 +610,6 @@ def run_saliency(inputs: str | os.PathLike | Sequence[str | os.PathLike], outdir
     except KeyboardInterrupt:
         raise KeyboardInterrupt(f"interrupted: {len(report.results)} of {len(todo)} images done (each written whole); "
                                 f"rerun with --skip-existing to finish") from None
-    finally:
-        report.seconds = time.perf_counter() - t_run
-        report.peak_rss_mb = peak_rss_mb()
-        if progress:
-            progress("end", 0, 0)
-    return report
 
 
 def _write_outputs(p: Prepared, logits: torch.Tensor | dict[str, np.ndarray], threshold: float, bit_depth: int

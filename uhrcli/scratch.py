@@ -23,8 +23,13 @@ from .errors import OutputError, UsageError
 SCRATCH_SUFFIX = ".uhr-partial"
 
 
-def scratch_path(target: Path) -> Path:
-    return target.with_name(f".{target.name}{SCRATCH_SUFFIX}")
+def scratch_path(target: Path, folder: str | os.PathLike | None = None) -> Path:
+    """Where a run on `target` keeps its scratch store: beside it, or in `folder` (named after the target's
+    full path there, so outputs of the same name in different folders do not meet)."""
+    if folder is None:
+        return target.with_name(f".{target.name}{SCRATCH_SUFFIX}")
+    tag = hashlib.sha1(str(Path(target).resolve()).encode()).hexdigest()[:10]
+    return Path(folder) / f".{target.name}-{tag}{SCRATCH_SUFFIX}"
 
 
 def file_identity(path: Path) -> dict[str, Any]:

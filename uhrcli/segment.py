@@ -96,6 +96,10 @@ class SegmentOptions:
     vector: str | os.PathLike | None = None  # also write the class map's polygons here (uhrcli.vector)
     refine: str | None = None  # refine the probabilities before the class map: guided or crf (uhrcli.refine)
     refine_options: Any = None  # a uhrcli.refine.RefineOptions (None: its defaults); method is `refine`
+    scratch: str | os.PathLike | None = None  # folder of the scratch stores (None: beside each output); on a
+    # cluster, storage every worker sees
+    split_pixels: int = 64_000_000  # on a cluster, rasters of a folder run this large are split across workers
+    # (when there are fewer of them than workers)
 
 
 def cache_budget(opts: SegmentOptions, device: torch.device, default_dir: Path | None) -> CacheBudget:
@@ -144,7 +148,8 @@ def _check_bands(reader: RasterReader, info) -> None:
 def segment(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str | os.PathLike, *,
             model: str | None = None, weights: str | os.PathLike | None = None, device: str = "auto",
             options: SegmentOptions | None = None, progress: Callable[[str, int, int], Any] | None = None,
-            on_error: Callable[[Path, str], Any] | None = None, **kw: Any) -> BatchReport[SegmentResult]:
+            on_error: Callable[[Path, str], Any] | None = None, client: Any = None,
+            **kw: Any) -> BatchReport[SegmentResult]:
     """Segment one raster (or several, or a folder) into a class map that keeps the georeferencing.
 
     progress(event, done, total) hears of every phase of the work (see uhrcli.progress for the events;
@@ -152,6 +157,9 @@ def segment(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str
     Keyword options (tile=, halo=, merge=, ...) override `options`. Returns the results (a list) with
     `.failed` [(input, message)] and `.skipped`: in a batch a bad raster is reported (on_error(input,
     message) as it happens) and the others go on; a single input raises its error.
+
+    client: a `distributed.Client`: the rasters run on its Dask cluster (uhrcli.cluster), one task per raster,
+    a large one split into row bands across the workers; outputs are the same bytes as a local run.
     """
     opts = options or SegmentOptions()
     for k, v in kw.items():
@@ -180,7 +188,8 @@ def segment(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str
         raise UsageError("--refine writes GeoTIFF or COG outputs (.tif), not zarr or PNG")
     if opts.vector is not None:
         check_segment_vector(opts.vector, many)
-    jobs = [Job(src, target, fmt, _outputs(target, fmt, opts), scratch_path(target)) for src, target, fmt in plans]
+    jobs = [Job(src, target, fmt, _outputs(target, fmt, opts), scratch_path(target, opts.scratch))
+            for src, target, fmt in plans]
     if many:
         check_existing(jobs, opts.overwrite, opts.skip_existing, opts.resume)
     elif opts.overwrite and opts.skip_existing:
@@ -207,6 +216,11 @@ def segment(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str
         opts = replace_options(opts, scaling_record=checkpoint_metadata(weights).get("extra", {}).get("scaling") or {})
     if many:
         output.mkdir(parents=True, exist_ok=True)
+    if client is not None:
+        from .cluster.segment import segment_on_cluster
+
+        return segment_on_cluster(client, jobs, many=many, model=name, weights=weights, device=device, net=net,
+                                  wdigest=wdigest, options=opts, progress=progress, on_error=on_error)
 
     def one(job: Job, replace: bool) -> SegmentResult:
         o = replace_options(opts, overwrite=True) if replace else opts
@@ -263,7 +277,7 @@ def _segment_refined(src: Path, target: Path, fmt: str, net, info, wdigest: str,
                 if event not in ("done", "end"):
                     progress(event, done, total)
         first = _segment_locked(src, seg, "tif", [seg, seg_probs], seg_probs, None, net, info, wdigest, dev, amp,
-                                inner, quiet_end)
+                                inner, quiet_end, local_tile_pass)
         ropts = replace_options(opts.refine_options or RefineOptions(), method=opts.refine, fmt=fmt,
                                 write_probs=opts.probs, overwrite=True, bands=opts.bands, stretch=opts.stretch)
         try:
@@ -283,7 +297,7 @@ def _segment_refined(src: Path, target: Path, fmt: str, net, info, wdigest: str,
 
 
 def _segment_one(src: Path, target: Path, fmt: str, net, info, wdigest: str, dev, amp: bool, opts: SegmentOptions,
-                 progress) -> SegmentResult:
+                 progress, tile_pass: Callable[["TilePass"], EngineStats] | None = None) -> SegmentResult:
     if opts.refine is not None:
         return _segment_refined(src, target, fmt, net, info, wdigest, dev, amp, opts, progress)
     ppath = W.probs_path(target, fmt) if opts.probs else None
@@ -294,16 +308,17 @@ def _segment_one(src: Path, target: Path, fmt: str, net, info, wdigest: str, dev
     W.check_target(target, True)  # the folder exists and is writable (existence is judged under the lock)
     with OutputLock(target):
         result = _segment_locked(src, target, fmt, outputs, ppath, preview, net, info, wdigest, dev, amp, opts,
-                                 progress)
+                                 progress, tile_pass or local_tile_pass)
     if vector is not None:
         vectorize_segment_output(result, vector, fmt, overwrite=opts.overwrite or opts.resume)
     return result
 
 
 def _segment_locked(src: Path, target: Path, fmt: str, outputs: list[Path], ppath: Path | None, preview: Path | None,
-                    net, info, wdigest: str, dev, amp: bool, opts: SegmentOptions, progress) -> SegmentResult:
+                    net, info, wdigest: str, dev, amp: bool, opts: SegmentOptions, progress,
+                    tile_pass: Callable[["TilePass"], EngineStats]) -> SegmentResult:
     t_start = time.perf_counter()
-    scratch_dir = scratch_path(target)
+    scratch_dir = scratch_path(target, opts.scratch)
     if scratch_dir.exists() and Scratch.moved(scratch_dir):  # a finished run died before cleaning up
         shutil.rmtree(scratch_dir, ignore_errors=True)
     if opts.resume and not scratch_dir.exists() and all(p.exists() for p in outputs):
@@ -347,29 +362,17 @@ def _segment_locked(src: Path, target: Path, fmt: str, outputs: list[Path], ppat
             progress(f"input:{src}", 0, 0)
             progress("start", 0, total)
             progress(segment_plan(inferer, bool(opts.probs)), 0, total)
-        streams = None
+        spec = W.OutputSpec(
+            height=reader.height, width=reader.width, class_names=info.class_names, palette=info.palette,
+            crs=reader.meta.crs, transform=reader.meta.transform,
+            tags={"model": info.name, "software": f"uhr {__version__}"},
+        )
+        tp = TilePass(reader, preprocess, inferer, grid, scratch, resumed, opts, progress,
+                      lambda: _open_streams(spec, target, fmt, ppath, info.num_classes))
         try:
-            state = scratch.group.attrs.get("inferer_state") if resumed else None
-            pending = int(len(grid) - scratch.done_tiles().sum())
-            inferer.out_margin = merge_margin(grid, opts.merge)
-            batch_size = opts.batch_size if opts.batch_size != "auto" else auto_batch_size(
-                net, grid.tile_h * grid.tile_w + 4 * grid.halo * (grid.tile_h + grid.halo), dev, amp)
-            if pending:
-                new_state = inferer.prepare(reader, preprocess, grid, progress, state=state)
-                if new_state is not None:
-                    scratch.group.attrs["inferer_state"] = new_state
-            spec = W.OutputSpec(
-                height=reader.height, width=reader.width, class_names=info.class_names, palette=info.palette,
-                crs=reader.meta.crs, transform=reader.meta.transform,
-                tags={"model": info.name, "software": f"uhr {__version__}"},
-            )
-            streams = _open_streams(spec, target, fmt, ppath, info.num_classes)
-            if progress:
-                progress("phase:tiles", _done_pixels(grid, scratch), total)
-            stats = run_tiles(reader, grid, inferer, scratch, merge=opts.merge,
-                              batch_size=batch_size, out=streams.rows if streams is not None else None,
-                              on_tile=(lambda t: progress("tile", int(t.core.width * t.core.height), 0)) if progress else None)
-            stats.extra.update({"tile": grid.tile_h, "halo": grid.halo, "tiles": len(grid), "batch_size": batch_size,
+            stats = tile_pass(tp)
+            streams = tp.streams
+            stats.extra.update({"tile": grid.tile_h, "halo": grid.halo, "tiles": len(grid),
                                 "inferer": inferer_report(inferer)})
             extra = []
             reads = scratch
@@ -386,7 +389,7 @@ def _segment_locked(src: Path, target: Path, fmt: str, outputs: list[Path], ppat
                               lambda a, b, step: np.asarray(reads.classes[a:b:step, ::step]), info.palette)
                 extra.append((tmp_preview, preview))
             _finalize(reads, spec, target, fmt, ppath, info.num_classes, extra, streams)
-            streams = None
+            tp.closed = True
             if isinstance(reads, ReportReads):
                 reads.finish(total)
             scratch.mark_moved()
@@ -396,8 +399,8 @@ def _segment_locked(src: Path, target: Path, fmt: str, outputs: list[Path], ppat
             scratch.remove()  # the input itself is broken: resuming cannot help
             raise
         finally:
-            if streams is not None:  # stopped before the outputs were finished: half-written files go
-                streams.abort()
+            if tp.streams is not None and not tp.closed:  # stopped before the outputs were finished:
+                tp.streams.abort()  # half-written files go
             if progress:
                 progress("end", 0, 0)
         scratch.remove()
@@ -416,6 +419,66 @@ def _segment_locked(src: Path, target: Path, fmt: str, outputs: list[Path], ppat
         reader.close()
     return SegmentResult(src, target, ppath, reader.height, reader.width, stats, time.perf_counter() - t_start,
                          peak_rss_mb(), resumed=resumed, scaling=scaler.describe())
+
+
+@dataclass
+class TilePass:
+    """What the tile pass of one raster works with: the local pass runs it here, uhrcli.cluster on workers."""
+
+    reader: RasterReader
+    preprocess: Preprocess
+    inferer: Any
+    grid: Any
+    scratch: Scratch
+    resumed: bool
+    opts: SegmentOptions
+    progress: Callable[[str, int, int], Any] | None
+    _open: Callable[[], MapStreams | None]
+    streams: MapStreams | None = None
+    closed: bool = False
+
+    def open_streams(self) -> MapStreams | None:
+        """The streamed outputs (GeoTIFF, COG), opened once the passes before the tiles are through."""
+        self.streams = self._open()
+        return self.streams
+
+    @property
+    def rows_out(self):
+        return self.streams.rows if self.streams is not None else None
+
+    def tile_phase(self) -> None:
+        if self.progress:
+            self.progress("phase:tiles", _done_pixels(self.grid, self.scratch), self.reader.height * self.reader.width)
+
+
+def local_tile_pass(p: TilePass) -> EngineStats:
+    """The inferer's passes before the tiles (once, on a fresh or a resumed store), then the tiles, in this
+    process; finished row bands go to the streamed outputs as they are merged."""
+    state = p.scratch.group.attrs.get("inferer_state") if p.resumed else None
+    pending = int(len(p.grid) - p.scratch.done_tiles().sum())
+    p.inferer.out_margin = merge_margin(p.grid, p.opts.merge)  # the passes' windows must cover the merger's
+    if pending:
+        new_state = p.inferer.prepare(p.reader, p.preprocess, p.grid, p.progress, state=state)
+        if new_state is not None:
+            p.scratch.group.attrs["inferer_state"] = new_state
+    p.open_streams()
+    p.tile_phase()
+    progress = p.progress
+    batch_size = resolve_batch_size(p.opts.batch_size, p.inferer, p.grid)
+    stats = run_tiles(p.reader, p.grid, p.inferer, p.scratch, merge=p.opts.merge, batch_size=batch_size,
+                      out=p.rows_out,
+                      on_tile=(lambda t: progress("tile", int(t.core.width * t.core.height), 0)) if progress else None)
+    stats.extra["batch_size"] = batch_size
+    return stats
+
+
+def resolve_batch_size(batch_size: int | str, inferer: Any, grid: Any) -> int:
+    """--batch-size as a number: `auto` sized from the device's free memory and the tile's read window."""
+    if batch_size != "auto":
+        return int(batch_size)
+    run = inferer.run
+    read_px = (grid.tile_h + 2 * grid.halo) * (grid.tile_w + 2 * grid.halo)
+    return auto_batch_size(inferer.model, read_px, run.device, run.amp)
 
 
 def _done_pixels(grid, scratch: Scratch) -> int:

@@ -5,7 +5,8 @@ import functools
 import os
 import sys
 import traceback
-from typing import Any, Callable, Optional
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -170,3 +171,19 @@ def literal_help(fn: Callable[..., Any]) -> None:
         info = param.default
         if getattr(info, "help", None) and hasattr(info, "param_decls"):
             info.help = escape(info.help)
+
+
+@contextmanager
+def cluster_client(scheduler: Optional[str], workers: Optional[int], quiet: bool = False) -> Iterator[Any]:
+    """A distributed.Client for --scheduler/--workers (None without them), closed after the command; Dask is
+    imported only here."""
+    if not scheduler and not workers:
+        yield None
+        return
+    from ..cluster import connect
+
+    with connect(scheduler, workers) as cluster:
+        link = cluster.dashboard_link
+        if not quiet and link:
+            console_err.print(f"Dask dashboard: {link}", highlight=False, soft_wrap=True, markup=False)
+        yield cluster.client

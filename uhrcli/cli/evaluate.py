@@ -15,7 +15,7 @@ import typer
 from rich.table import Table
 from typer.core import TyperGroup
 
-from .common import app, console, console_err
+from .common import app, cluster_client, console, console_err
 
 
 class _RunByDefault(TyperGroup):
@@ -145,6 +145,10 @@ def eval_run(
     tile: Optional[int] = typer.Option(None, "--tile", help="Inference tile size (default: segment's; the scores do not depend on it)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write every number to this JSON file."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Segment on this Dask cluster "
+                                            "(tcp://HOST:8786; -o on storage every worker sees)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Segment on N Dask worker processes "
+                                          "started on this machine."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No table."),
 ) -> None:
     """Segment every image of a dataset with a model, then score all of it against its masks in one go."""
@@ -161,7 +165,7 @@ def eval_run(
     if spec.task != "segment":
         raise UsageError("this is a saliency dataset; use `uhr eval saliency`")
     excludes = _excludes(mean_exclude) if mean_exclude is not None else ([0] if spec.layout == "deepglobe" else [])
-    with tempfile.TemporaryDirectory(prefix="uhr-eval-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="uhr-eval-") as tmp, cluster_client(scheduler, workers, quiet) as client:
         out = Path(output) if output is not None else Path(tmp)
         out.mkdir(parents=True, exist_ok=True)
         if len(spec.samples) == 1:  # one input: segment() writes a file, not into a folder
@@ -169,10 +173,10 @@ def eval_run(
 
             target = out / (stem_of(spec.samples[0].image) + ".tif")
             results = segment(str(spec.samples[0].image), target, model=model, weights=weights, device=device,
-                              tile=tile, overwrite=True)
+                              tile=tile, overwrite=True, client=client)
         else:
             results = segment([str(s.image) for s in spec.samples], out, model=model, weights=weights,
-                              device=device, tile=tile, overwrite=True)
+                              device=device, tile=tile, overwrite=True, client=client)
             if results.failed:  # a score needs every image: the first failure ends the evaluation
                 more = f" (and {len(results.failed) - 1} more)" if len(results.failed) > 1 else ""
                 raise InputError(results.failed[0][1] + more)

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from ..errors import OutputError
-from .common import app, console, console_err
+from .common import app, cluster_client, console, console_err
 from .progress import emit_json, job_progress
 
 from .evaluate import eval_app
@@ -56,6 +56,10 @@ def saliency_cmd(
     pattern: Optional[str] = typer.Option(None, "--pattern", help="Only files matching this glob in folders, e.g. '*.jpg'."),
     skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip images whose outputs all exist (resume a run)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Run on this Dask cluster (tcp://HOST:8786), "
+                                            "a few photos per task (needs the cluster extra)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Start N Dask worker processes on this "
+                                          "machine and run on them."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
     as_json: bool = typer.Option(False, "--json", help="Progress and results as JSON lines on stdout (phase events, "
                                  "one result per image, a summary); human text goes to stderr."),
@@ -75,11 +79,12 @@ def saliency_cmd(
     def on_error(path: Path, msg: str) -> None:
         console_err.print(f"[red]error:[/red] {msg}", highlight=False, soft_wrap=True)
 
-    with image_progress(not quiet, as_json) as cb:
+    with cluster_client(scheduler, workers, quiet or as_json) as client, image_progress(not quiet, as_json) as cb:
         report = run_saliency([str(p) for p in inputs], outdir, model=model, weights=weights, size=size,
                               outputs=output, threshold=threshold, bit_depth=bit_depth, device=device, amp=amp,
                               batch_size=batch_size, recursive=recursive, pattern=pattern, compile=compile_,
-                              skip_existing=skip_existing, overwrite=overwrite, progress=cb, on_error=on_error)
+                              skip_existing=skip_existing, overwrite=overwrite, progress=cb, on_error=on_error,
+                              client=client)
     for note in report.notes:
         console_err.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
     if as_json:

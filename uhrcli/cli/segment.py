@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from ..units import parse_size
-from .common import app, console, console_err, parse_batch_size, parse_int_list
+from .common import app, cluster_client, console, console_err, parse_batch_size, parse_int_list
 from .progress import emit_json, job_progress
 
 
@@ -53,6 +53,14 @@ def segment_cmd(
                                 "folder: every one, leaving finished outputs as they are)."),
     skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip inputs whose outputs all exist (resume a "
                                        "folder run)."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Run on this Dask cluster (tcp://HOST:8786): "
+                                            "a task per raster, a large raster split into row bands across the "
+                                            "workers (needs the cluster extra)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Start N Dask worker processes on this "
+                                          "machine and run on them (cores shared out; one GPU each where there are "
+                                          "GPUs)."),
+    scratch: Optional[str] = typer.Option(None, "--scratch", help="Folder of the scratch stores (default: beside "
+                                          "each output); on a cluster, storage every worker sees."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
     as_json: bool = typer.Option(False, "--json", help="Progress and results as JSON lines on stdout (one object a "
                                  "line: phase events, then one result per output); human text goes to stderr."),
@@ -72,7 +80,7 @@ def segment_cmd(
                           bands=parse_int_list(bands, "--bands"), stretch=stretch, overwrite=overwrite,
                           resume=resume, skip_existing=skip_existing, amp=amp, preview=preview, border=border,
                           cache_ram=parse_size(cache_ram, "--cache-ram"), cache_disk=parse_size(cache_disk, "--cache-disk"),
-                          cache_dir=cache_dir, vector=vector, refine=refine)
+                          cache_dir=cache_dir, vector=vector, refine=refine, scratch=scratch)
 
     def on_error(path: Path, msg: str) -> None:
         if as_json:
@@ -84,9 +92,11 @@ def segment_cmd(
 
     opts.on_note = on_note
 
-    with job_progress("", enabled=not quiet, as_json=as_json) as job:
+    with cluster_client(scheduler, workers, quiet or as_json) as client, \
+            job_progress("", enabled=not quiet, as_json=as_json) as job:
         results = segment([str(p) for p in inputs] if len(inputs) > 1 else str(inputs[0]), output, model=model,
-                          weights=weights, device=device, options=opts, progress=job, on_error=on_error)
+                          weights=weights, device=device, options=opts, progress=job, on_error=on_error,
+                          client=client)
     if as_json:
         for r in results:
             emit_json(result_json(r, job.history.get(str(r.input), {})))

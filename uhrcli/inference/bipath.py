@@ -238,12 +238,8 @@ class BiPathInferer:
         live = []
         for t, x, _ in prefetch_tiles(reader, tiles):
             if x is not None:
-                win = self.windows(t)
-                s8, s16, part = self._spatial(x, t, win)
-                add(part)
-                self._cache.put((t.row, t.col), {"s8": s8, "s16": s16})
+                add(self.shallow_tile(t, x))
                 live.append(t)
-                self.stats.tiles_computed += 1
             if progress:
                 progress("advance", int(t.core.height * t.core.width), 0)
             trim_heap()
@@ -260,21 +256,10 @@ class BiPathInferer:
         reread = prefetch_tiles(reader, missing) if missing else iter(())
         c8_sum: dict[str, Any] = {}
         for t in live:
-            win = self.windows(t)
-            if (t.row, t.col) in self._cache:
-                cached = self._cache.get((t.row, t.col))
-                s8, s16 = cached["s8"], cached["s16"]
-            else:
-                _, x, _ = next(reread)
-                s8, s16, _ = self._spatial(x, t, win)
-                self.stats.tiles_computed += 1
-            c8 = self._context8(s16, win)
-            s, n = _sum(c8, (win.S16[0][0], win.S16[1][0]), win.core16)
+            x = None if (t.row, t.col) in self._cache else next(reread)[1]
+            s, n = self.fusion_tile(t, x)
             c8_sum["s"] = c8_sum.get("s", 0) + s
             c8_sum["n"] = c8_sum.get("n", 0) + n
-            if (t.row, t.col) in self._cache:  # s8 stays where it is; c8 replaces s16
-                self._cache.drop((t.row, t.col), "s16")
-                self._cache.put((t.row, t.col), {"c8": self._cache.quantise(c8)})
             if progress:
                 progress("advance", int(t.core.height * t.core.width), 0)
             trim_heap()
@@ -283,6 +268,71 @@ class BiPathInferer:
         self.stats.seconds["fusion pass"] = time.perf_counter() - t0
         self.stats.cache_tiers = dict(self._cache.counts)
         return {"means": {k: [float(v) for v in means[k][0].cpu()] for k in ("s16", "s8", "c8")}}
+
+    # -- the passes' work on one tile, as steps (prepare runs them in order; uhrcli.cluster runs them as tasks)
+    def begin(self, grid: TileGrid, preprocess) -> None:
+        """Take a raster's grid and preprocessing, with empty caches (the first step of prepare)."""
+        self._grid, self._pre = grid, preprocess
+        self._sizes()
+        self._cache.close()
+
+    @torch.inference_mode()
+    def shallow_tile(self, tile: Tile, x: np.ndarray) -> dict:
+        """Pass A on one tile: s8 and s16 kept in the cache; returns the sums of their core {name: (sum, n)}."""
+        s8, s16, part = self._spatial(x, tile, self.windows(tile))
+        self._cache.put((tile.row, tile.col), {"s8": s8, "s16": s16})
+        self.stats.tiles_computed += 1
+        return part
+
+    @torch.inference_mode()
+    def fusion_tile(self, tile: Tile, x: np.ndarray | None) -> tuple[torch.Tensor, int]:
+        """Pass B on one tile (pixels x when it is not cached): c8 replaces s16 in the cache; returns c8's core sum.
+
+        Needs the deep context (`use_deep`) and fuse16's image-wide weights (`set_weights16`)."""
+        win = self.windows(tile)
+        key = (tile.row, tile.col)
+        if key in self._cache:
+            s16 = self._cache.get(key)["s16"]
+        else:
+            assert x is not None, "a tile missing from the cache needs its pixels"
+            _, s16, _ = self._spatial(x, tile, win)
+            self.stats.tiles_computed += 1
+        c8 = self._context8(s16, win)
+        s, n = _sum(c8, (win.S16[0][0], win.S16[1][0]), win.core16)
+        if key in self._cache:  # s8 stays where it is; c8 replaces s16
+            self._cache.drop(key, "s16")
+            self._cache.put(key, {"c8": self._cache.quantise(c8)})
+        return s, n
+
+    @torch.inference_mode()
+    def deep_context(self, reader, preprocess, progress: Callable | None = None) -> torch.Tensor:
+        """The deep path over the whole raster (begin() first): fuse16's context map is kept (`c16`); returns its
+        mean (1, C)."""
+        if self._c16 is not None:
+            self._c16.close()
+            self._c16 = None
+        deep = DeepBranch(self.model, self.run, self._tiers, self.opts.deep_whole_max, self.opts.deep_tile)
+        return self._deep(deep, reader, preprocess, progress)
+
+    @property
+    def c16(self) -> Any:
+        return self._c16
+
+    def use_deep(self, c16: Any) -> None:
+        """The deep path's fuse16 context map (anything with .shape and .read(r0, r1, c0, c1), e.g. a FeatureStore)."""
+        if self._c16 is not None and self._c16 is not c16:
+            self._c16.close()
+        self._c16 = c16
+
+    def set_weights16(self, mean_s16: torch.Tensor, c_gap16: torch.Tensor) -> None:
+        """fuse16's weights from the image-wide mean of s16 and the deep context's mean (pass B needs them)."""
+        s_w16, c_w16 = self.model.fusion_weights(16, mean_s16.to(self.run.device), c_gap16.to(self.run.device))
+        self._w = {"s_w16": s_w16, "c_w16": c_w16}
+
+    def set_means(self, means: dict[str, torch.Tensor], c_gap16: torch.Tensor) -> None:
+        """Every fusion weight from the image-wide means (s16, s8, c8; each (1, C)): pass C is then tile by tile."""
+        dev = self.run.device
+        self._set_weights({k: v.to(dev) for k, v in means.items()}, c_gap16.to(dev))
 
     def _deep(self, deep: DeepBranch, reader, preprocess, progress: Callable | None) -> torch.Tensor:
         """The deep path over the whole raster, then fuse16's context on it (kept); returns that context's mean."""
