@@ -94,7 +94,8 @@ class DeepBranch:
         ratio = int(self.model.down_ratio)
         total = reader.height * reader.width
         hv, wv = reader.height // ratio, reader.width // ratio
-        if hv * wv > self.whole_max and not self.reach.get("backbone_tileable", True):
+        if (hv * wv > self.whole_max and not self.reach.get("backbone_tileable", True)
+                and not hasattr(self.model, "chain_maps")):  # chained means (STDC-Seg) tile in passes instead
             from ..errors import UsageError
 
             raise UsageError(f"{self.model.info.name}: its {self.reach.get('image_wide', 'image-wide ops')} "

@@ -241,6 +241,29 @@ class DeepPath:
 
 
 # ------------------------------------------------------------------------------------------------------
+def add_shallow_path(m: nn.Module, channels: int, num_classes: int, dropout: float,
+                     deep_heads: Sequence[nn.Module] = ()) -> None:
+    """ISDNet's full-resolution half onto m (mmseg: refine_head.*): the Laplacian residuals, the STDC shallow
+    net, both Relation-Aware Fusions, the SR decoder and the heads, initialised after `deep_heads` (the deep
+    path's heads with a conv_seg), in one fixed order so a seeded model gets the same weights. Every ISD graft
+    (ResNet, PSP, SegFormer deep paths) shares it unchanged."""
+    m.lap_pyramid = LaplacianPyramid(num_high=2)
+    m.stdc_net = ShallowNet(in_channels=6)
+    feat8_ch, feat16_ch = m.stdc_net.out_channels
+    m.fuse16 = RelationAwareFusion(channels, ext=4, in_channels=feat16_ch)
+    m.fuse8 = RelationAwareFusion(channels, ext=2, in_channels=feat8_ch)
+    m.sr_decoder = SRDecoder(channels, (4, 2, 2))
+    m.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
+    m.conv_seg = SegHead(channels, channels // 2, num_classes)
+    m.conv_seg_aux_16 = SegHead(channels, channels // 2, num_classes)
+    m.conv_seg_aux_8 = SegHead(channels, channels // 2, num_classes)
+    for part in (*deep_heads, m.fuse16, m.fuse8, m.sr_decoder, m.conv_seg, m.conv_seg_aux_16, m.conv_seg_aux_8):
+        init_weights(part)
+    for conv in (*(h.conv_seg for h in deep_heads), m.conv_seg.conv_out, m.conv_seg_aux_16.conv_out,
+                 m.conv_seg_aux_8.conv_out):
+        init_classifier(conv)
+
+
 class ISDNet(DeepPath, nn.Module):
     """ISDNet with a pluggable deep head ('aspp' as in the paper's main model, or 'psp').
 
@@ -269,23 +292,7 @@ class ISDNet(DeepPath, nn.Module):
         else:
             self.decode_head = PSPHead(c4, channels, num_classes, pool_scales, dropout)
         self.auxiliary_head = FCNHead(c3, c3 // 4, num_classes, dropout)  # 256->64 (r18), 1024->256 (r50)
-        # shallow path and fusion (mmseg: refine_head.*)
-        self.lap_pyramid = LaplacianPyramid(num_high=2)
-        self.stdc_net = ShallowNet(in_channels=6)
-        feat8_ch, feat16_ch = self.stdc_net.out_channels
-        self.fuse16 = RelationAwareFusion(channels, ext=4, in_channels=feat16_ch)
-        self.fuse8 = RelationAwareFusion(channels, ext=2, in_channels=feat8_ch)
-        self.sr_decoder = SRDecoder(channels, (4, 2, 2))
-        self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
-        self.conv_seg = SegHead(channels, channels // 2, num_classes)
-        self.conv_seg_aux_16 = SegHead(channels, channels // 2, num_classes)
-        self.conv_seg_aux_8 = SegHead(channels, channels // 2, num_classes)
-        for m in (self.decode_head, self.auxiliary_head, self.fuse16, self.fuse8, self.sr_decoder,
-                  self.conv_seg, self.conv_seg_aux_16, self.conv_seg_aux_8):
-            init_weights(m)
-        for conv in (self.decode_head.conv_seg, self.auxiliary_head.conv_seg, self.conv_seg.conv_out,
-                     self.conv_seg_aux_16.conv_out, self.conv_seg_aux_8.conv_out):
-            init_classifier(conv)
+        add_shallow_path(self, channels, num_classes, dropout, deep_heads=(self.decode_head, self.auxiliary_head))
 
         names = tuple(class_names) if class_names else (
             ("background", "building") if num_classes == 2 else tuple(f"class_{i}" for i in range(num_classes)))
@@ -420,7 +427,36 @@ class ISDNet(DeepPath, nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------------
-class DeepLabV3(DeepPath, nn.Module):
+class DecodeAuxBaseline:
+    """What the deep-path-alone baselines (DeepLabV3, PSPNet) share: a decode head with a 1x1 classifier
+    (`cls_seg`) on the backbone's last map, an FCN auxiliary head on layer3 for training, mmseg's losses."""
+
+    def deep_logits(self, deep_feat: torch.Tensor) -> torch.Tensor:
+        """The head's classifier (1x1) on deep_feat: logits at 1/8 of the shrunk image."""
+        return self.decode_head.cls_seg(deep_feat)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feat = self.deep_head(self.deep_backbone(self.deep_input(x)))
+        return resize(self.deep_logits(feat), x.shape[-2:])
+
+    def load_backbone_weights(self, path: str) -> dict[str, Any]:
+        """ImageNet ResNet weights (torchvision or mmseg layout) into the backbone; `uhr train --backbone-weights`."""
+        return load_backbone_weights(self, path)
+
+    def losses(self, x: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX
+               ) -> dict[str, torch.Tensor]:
+        """mmseg's DeepLabV3 and PSPNet: CE 1.0 on the decode head's logits + 0.4 on the FCN auxiliary head."""
+        if target.ndim == 4:
+            target = target[:, 0]
+        feats = self.backbone(self.deep_input(x))
+        out = {"loss_seg": seg_ce(self.decode_head.cls_seg(self.decode_head.features(feats[3])), target, 1.0,
+                                  ignore_index),
+               "loss_fcn_aux": seg_ce(self.auxiliary_head(feats[2]), target, 0.4, ignore_index)}
+        out["loss"] = out["loss_seg"] + out["loss_fcn_aux"]
+        return out
+
+
+class DeepLabV3(DecodeAuxBaseline, DeepPath, nn.Module):
     """Baseline: dilated ResNet V1c (d8) + ASPP, optionally on the image shrunk by `down_ratio` (nearest).
 
     Output logits are upsampled bilinearly to the input size. With
@@ -454,30 +490,6 @@ class DeepLabV3(DeepPath, nn.Module):
                    # ASPP image pooling averages the whole map: tiles see a local mean instead
                    "global_pooling": True},
         )
-
-    def deep_logits(self, deep_feat: torch.Tensor) -> torch.Tensor:
-        """The head's classifier (1x1) on deep_feat: logits at 1/8 of the shrunk image."""
-        return self.decode_head.cls_seg(deep_feat)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feat = self.deep_head(self.deep_backbone(self.deep_input(x)))
-        return resize(self.deep_logits(feat), x.shape[-2:])
-
-    def load_backbone_weights(self, path: str) -> dict[str, Any]:
-        """ImageNet ResNet weights (torchvision layout) into the deep branch; `uhr train --backbone-weights`."""
-        return load_backbone_weights(self, path)
-
-    def losses(self, x: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX
-               ) -> dict[str, torch.Tensor]:
-        """mmseg DeepLabV3: CE 1.0 on the ASPP logits + 0.4 on the FCN auxiliary head."""
-        if target.ndim == 4:
-            target = target[:, 0]
-        feats = self.backbone(self.deep_input(x))
-        out = {"loss_seg": seg_ce(self.decode_head.cls_seg(self.decode_head.features(feats[3])), target, 1.0,
-                                  ignore_index),
-               "loss_fcn_aux": seg_ce(self.auxiliary_head(feats[2]), target, 0.4, ignore_index)}
-        out["loss"] = out["loss_seg"] + out["loss_fcn_aux"]
-        return out
 
 
 # ------------------------------------------------------------------------------------------------------

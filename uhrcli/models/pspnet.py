@@ -19,23 +19,21 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import torch
 import torch.nn as nn
 
 from .aspp import FCNHead, PSPHead
 from .base import ModelInfo, default_palette
-from .isdnet import (BACKBONES, IMAGENET_MEAN, IMAGENET_STD, DeepPath, ISDNet, _head_radius_cells,
+from .isdnet import (BACKBONES, IMAGENET_MEAN, IMAGENET_STD, DecodeAuxBaseline, DeepPath, ISDNet, _head_radius_cells,
                      resnet_receptive_field, upsample_reach)
-from .isdnet_losses import IGNORE_INDEX, seg_ce
-from .layers import init_classifier, init_weights, resize
+from .layers import init_classifier, init_weights
 from .registry import register_model
-from .resnet import load_backbone_weights, resnet_v1c_d8
+from .resnet import resnet_v1c_d8
 
 # mmseg configs: pspnet_r18-d8 (decode 512 -> 128, aux 256 -> 64) and pspnet_r50-d8 (2048 -> 512, 1024 -> 256)
 HEAD_CHANNELS = {"r18": 128, "r50": 512}
 
 
-class PSPNet(DeepPath, nn.Module):
+class PSPNet(DecodeAuxBaseline, DeepPath, nn.Module):
     """PSPNet-d8: forward(x) -> logits at the input size; losses(x, target) -> CE 1.0 + 0.4 auxiliary."""
 
     def __init__(self, num_classes: int = 2, backbone: str = "r18", down_ratio: int = 1, channels: int | None = None,
@@ -70,30 +68,6 @@ class PSPNet(DeepPath, nn.Module):
                    "image_wide_ops": "pyramid pooling bins 1x1, 2x2, 3x3, 6x6 over the whole c4 map",
                    "deep_head_tileable": False},
         )
-
-    def deep_logits(self, deep_feat: torch.Tensor) -> torch.Tensor:
-        """The head's classifier (1x1) on the bottleneck features: logits at 1/8 of the shrunk image."""
-        return self.decode_head.cls_seg(deep_feat)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feat = self.deep_head(self.deep_backbone(self.deep_input(x)))
-        return resize(self.deep_logits(feat), x.shape[-2:])
-
-    def load_backbone_weights(self, path: str) -> dict[str, Any]:
-        """ImageNet ResNet weights (torchvision or mmseg layout); `uhr train --backbone-weights`."""
-        return load_backbone_weights(self, path)
-
-    def losses(self, x: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX
-               ) -> dict[str, torch.Tensor]:
-        """mmseg PSPNet: CE 1.0 on the PSP logits + 0.4 on the FCN auxiliary head (layer3)."""
-        if target.ndim == 4:
-            target = target[:, 0]
-        feats = self.backbone(self.deep_input(x))
-        logits = self.decode_head.cls_seg(self.decode_head.features(feats[3]))
-        out = {"loss_seg": seg_ce(logits, target, 1.0, ignore_index),
-               "loss_fcn_aux": seg_ce(self.auxiliary_head(feats[2]), target, 0.4, ignore_index)}
-        out["loss"] = out["loss_seg"] + out["loss_fcn_aux"]
-        return out
 
 
 def _register(backbone: str, ratio: int) -> None:

@@ -33,11 +33,10 @@ import torch.nn.functional as F
 
 from ..errors import CheckpointError
 from .base import ModelInfo, default_palette
-from .isdnet import ISDNet, RelationAwareFusion, SRDecoder, shallow_receptive_field
+from .isdnet import ISDNet, add_shallow_path, shallow_receptive_field
 from .isdnet_losses import IGNORE_INDEX, LOSS_WEIGHTS, feature_affinity_loss, recon_loss, seg_ce
-from .layers import ConvBNAct, SegHead, init_classifier, init_weights, resize
+from .layers import ConvBNAct, init_classifier, init_weights, resize
 from .registry import register_model
-from .stdc import LaplacianPyramid, ShallowNet
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
@@ -354,22 +353,7 @@ class ISDNetSegFormer(SegFormerDeep, ISDNet):
         self.deep_head_type = "segformer"
         self.backbone = MixVisionTransformer(**MIT_B0, drop_path_rate=drop_path_rate)
         self.decode_head = SegformerHead(self.backbone.out_channels, channels, num_classes, dropout)
-        # shallow path and fusion: ISDNet's (mmseg refine_head.*), built as there
-        self.lap_pyramid = LaplacianPyramid(num_high=2)
-        self.stdc_net = ShallowNet(in_channels=6)
-        feat8_ch, feat16_ch = self.stdc_net.out_channels
-        self.fuse16 = RelationAwareFusion(channels, ext=4, in_channels=feat16_ch)
-        self.fuse8 = RelationAwareFusion(channels, ext=2, in_channels=feat8_ch)
-        self.sr_decoder = SRDecoder(channels, (4, 2, 2))
-        self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
-        self.conv_seg = SegHead(channels, channels // 2, num_classes)
-        self.conv_seg_aux_16 = SegHead(channels, channels // 2, num_classes)
-        self.conv_seg_aux_8 = SegHead(channels, channels // 2, num_classes)
-        for m in (self.fuse16, self.fuse8, self.sr_decoder, self.conv_seg, self.conv_seg_aux_16,
-                  self.conv_seg_aux_8):
-            init_weights(m)
-        for conv in (self.conv_seg.conv_out, self.conv_seg_aux_16.conv_out, self.conv_seg_aux_8.conv_out):
-            init_classifier(conv)
+        add_shallow_path(self, channels, num_classes, dropout)  # ISDNet's, unchanged (mmseg refine_head.*)
         deep_stride = 4 * self.down_ratio
         self.info = ModelInfo(
             name=name, num_classes=num_classes, class_names=names_for(num_classes, class_names),
