@@ -391,3 +391,21 @@ def test_blend_with_the_default_model_across_tiles_and_nodata_resumes_byte_ident
     assert res.resumed and res.stats.tiles_resumed >= 3
     assert sha256(out) == sha256(full.output)
     assert sha256(res.probs_output) == sha256(full.probs_output)
+
+
+@pytest.mark.parametrize("resume", [True, False])
+def test_a_store_left_half_created_is_made_again(tmp_path, resume):
+    """A run killed while it created its scratch store (no fingerprint yet, no tile done) left nothing worth
+    keeping: the next run, resumed or not, starts over instead of calling the store damaged."""
+    from uhrcli.scratch import scratch_path
+
+    src = EXAMPLES / "austin_inria_crop.tif"
+    kw = dict(model="fcn-tiny", weights="random", tile=256)
+    full = segment(str(src), tmp_path / "full.tif", **kw)[0]
+    out = tmp_path / "part.tif"
+    store = scratch_path(out)
+    g = zarr.open_group(str(store), mode="w", zarr_format=3)
+    g.create_array("classes", shape=(1000, 1000), chunks=(256, 256), dtype="uint8", fill_value=255)
+    segment(str(src), out, resume=resume, **kw)
+    assert sha256(out) == sha256(full.output)
+    assert not store.exists()

@@ -165,6 +165,19 @@ class Scratch:
         except Exception:  # noqa: BLE001 - unreadable: not known to be finished
             return False
 
+    @staticmethod
+    def incomplete(path: Path) -> bool:
+        """True when a run died while creating this store: the fingerprint, written last, is missing and no tile
+        was marked done, so nothing was computed in it and it can be made again (a worker killed in that window
+        left such a store, which --resume then called damaged)."""
+        try:
+            if "fingerprint" in zarr.open_group(str(path), mode="r").attrs:
+                return False
+        except Exception:  # noqa: BLE001 - no readable group metadata yet
+            pass
+        done = Path(path) / "done" / "c"
+        return not (done.exists() and any(p.is_file() for p in done.rglob("*")))
+
     def mark_moved(self) -> None:
         self.group.attrs["moved"] = True
 

@@ -321,6 +321,8 @@ def _segment_locked(src: Path, target: Path, fmt: str, outputs: list[Path], ppat
     scratch_dir = scratch_path(target, opts.scratch)
     if scratch_dir.exists() and Scratch.moved(scratch_dir):  # a finished run died before cleaning up
         shutil.rmtree(scratch_dir, ignore_errors=True)
+    elif scratch_dir.exists() and Scratch.incomplete(scratch_dir):  # died creating it: it holds nothing
+        shutil.rmtree(scratch_dir, ignore_errors=True)
     if opts.resume and not scratch_dir.exists() and all(p.exists() for p in outputs):
         return _already_done(src, target, ppath, opts, t_start)
     replace = opts.overwrite or (opts.resume and scratch_dir.exists())  # a resumable store decides the outputs
