@@ -170,7 +170,9 @@ def test_resume_after_the_cluster_went_away(client, rasters, local, tmp_path):
         with pytest.raises(KeyboardInterrupt, match="--resume"):
             segment(str(rasters / "big.tif"), out, client=client, progress=stop_after_first_band, **MODELS["demo"])
         store = next(tmp_path.glob(f".{out.name}.uhr-partial"))
-        assert not out.exists() and 0 < np.asarray(__import__("zarr").open_group(str(store))["done"][:]).sum() < 9
+        # tasks already running on the workers when the client stops finish their rows (only pending ones are
+        # cancelled): on a quiet machine that can be every row; the resume must give the same bytes either way
+        assert not out.exists() and 0 < np.asarray(__import__("zarr").open_group(str(store))["done"][:]).sum() <= 9
         res = segment(str(rasters / "big.tif"), out, client=client if finish_on == "cluster" else None, resume=True,
                       **MODELS["demo"])
         assert res[0].resumed
