@@ -415,15 +415,25 @@ class ISDNet(DeepPath, nn.Module):
         w = LOSS_WEIGHTS
         losses = {
             "loss_aspp": seg_ce(out["aspp"], target, w["loss_aspp"], ignore_index),
+            **self.shallow_losses(out, target, ignore_index),
+            "loss_fcn_aux": seg_ce(out["fcn_aux"], target, w["loss_fcn_aux"], ignore_index),
+        }
+        losses["loss"] = sum(losses.values())  # type: ignore[assignment]
+        return losses
+
+    @staticmethod
+    def shallow_losses(out: dict[str, torch.Tensor], target: torch.Tensor, ignore_index: int = IGNORE_INDEX
+                       ) -> dict[str, torch.Tensor]:
+        """The losses of ISDNet's full-resolution half (refine head, its two auxiliaries, the SR decoder's
+        reconstruction and feature affinity), shared by every ISD graft whatever its deep path."""
+        w = LOSS_WEIGHTS
+        return {
             "loss_seg": seg_ce(out["seg"], target, w["loss_seg"], ignore_index),
             "loss_aux16": seg_ce(out["aux16"], target, w["loss_aux16"], ignore_index),
             "loss_aux8": seg_ce(out["aux8"], target, w["loss_aux8"], ignore_index),
             "loss_recon": recon_loss(out["sr_out"], out["residual_sum"], w["loss_recon"]),
             "loss_fa": feature_affinity_loss(out["deep_feat"], out["sr_feats"], w["loss_fa"]),
-            "loss_fcn_aux": seg_ce(out["fcn_aux"], target, w["loss_fcn_aux"], ignore_index),
         }
-        losses["loss"] = sum(losses.values())  # type: ignore[assignment]
-        return losses
 
 
 # ------------------------------------------------------------------------------------------------------

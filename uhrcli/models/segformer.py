@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from ..errors import CheckpointError
 from .base import ModelInfo, default_palette
 from .isdnet import ISDNet, add_shallow_path, shallow_receptive_field
-from .isdnet_losses import IGNORE_INDEX, LOSS_WEIGHTS, feature_affinity_loss, recon_loss, seg_ce
+from .isdnet_losses import IGNORE_INDEX, LOSS_WEIGHTS, seg_ce
 from .layers import ConvBNAct, init_classifier, init_weights, resize
 from .registry import register_model
 
@@ -386,11 +386,7 @@ class ISDNetSegFormer(SegFormerDeep, ISDNet):
         w = LOSS_WEIGHTS
         losses = {
             "loss_deep": seg_ce(out["deep"], target, w["loss_aspp"], ignore_index),
-            "loss_seg": seg_ce(out["seg"], target, w["loss_seg"], ignore_index),
-            "loss_aux16": seg_ce(out["aux16"], target, w["loss_aux16"], ignore_index),
-            "loss_aux8": seg_ce(out["aux8"], target, w["loss_aux8"], ignore_index),
-            "loss_recon": recon_loss(out["sr_out"], out["residual_sum"], w["loss_recon"]),
-            "loss_fa": feature_affinity_loss(out["deep_feat"], out["sr_feats"], w["loss_fa"]),
+            **self.shallow_losses(out, target, ignore_index),
         }
         losses["loss"] = sum(losses.values())  # type: ignore[assignment]
         return losses
