@@ -409,3 +409,62 @@ def test_a_store_left_half_created_is_made_again(tmp_path, resume):
     segment(str(src), out, resume=resume, **kw)
     assert sha256(out) == sha256(full.output)
     assert not store.exists()
+
+
+@pytest.mark.parametrize("merge,probs", [("crop", False), ("crop", True), ("blend", True)])
+def test_two_tiles_side_by_side_give_the_bytes_of_one_at_a_time(tmp_path, fcn_weights, monkeypatch, merge, probs):
+    """On a CPU the engine runs two tiles at once, one torch thread each: outputs (classes, probabilities,
+    blended seams, a nodata collar) are the bytes a one-at-a-time run writes, and torch's thread count is
+    given back afterwards."""
+    import uhrcli.engine as engine
+    from rasterio.transform import from_origin
+
+    rng = np.random.default_rng(5)
+    data = rng.integers(1, 255, (3, 330, 350), dtype=np.uint8)
+    data[:, :, :60] = 0  # a nodata collar: its tiles skip the model and must still land in order
+    src = tmp_path / "nd.tif"
+    with rasterio.open(src, "w", driver="GTiff", width=350, height=330, count=3, dtype="uint8", nodata=0,
+                       crs="EPSG:32618", transform=from_origin(500000, 4000000, 1, 1), tiled=True,
+                       blockxsize=64, blockysize=64, compress="deflate") as ds:
+        ds.write(data)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        two = _run(src, tmp_path / "two.tif", fcn_weights, tile=64, merge=merge, probs=probs)
+        assert two.stats.extra["model_workers"] == 2 and two.stats.tiles_skipped_nodata > 0
+        assert torch.get_num_threads() == 2
+        monkeypatch.setattr(engine, "model_workers", lambda predictor, most=2: 1)
+        one = _run(src, tmp_path / "one.tif", fcn_weights, tile=64, merge=merge, probs=probs)
+        assert one.stats.extra["model_workers"] == 1
+    finally:
+        torch.set_num_threads(threads)
+    assert sha256(two.output) == sha256(one.output)
+    if probs:
+        assert sha256(two.probs_output) == sha256(one.probs_output)
+
+
+def test_a_failing_tile_on_a_worker_stops_the_run_and_gives_the_threads_back(tmp_path, inria_rgb, fcn_weights,
+                                                                            monkeypatch):
+    from uhrcli.inference.local import LocalInferer
+
+    src = tmp_path / "img.tif"
+    tifffile.imwrite(src, np.ascontiguousarray(inria_rgb[:, :300, :300].transpose(1, 2, 0)))
+    calls = []
+    real = LocalInferer.__call__
+
+    def failing(self, batch, tiles):
+        calls.append(1)
+        if len(calls) == 4:
+            raise RuntimeError("tile 4 failed")
+        return real(self, batch, tiles)
+
+    monkeypatch.setattr(LocalInferer, "__call__", failing)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(RuntimeError, match="tile 4 failed"):
+            _run(src, tmp_path / "o.tif", fcn_weights, tile=64)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    assert not (tmp_path / "o.tif").exists()

@@ -124,8 +124,11 @@ class CropMerger:
                 probs = self.scratch.probs
                 self.out(rows.start, rows.stop, np.asarray(self.scratch.classes[rows]),
                          None if probs is None else np.asarray(probs[:, rows]))
-        for t in added:
-            self.scratch.mark_done(t.row, t.col)
+        if len(added) == len(self.grid.cols):  # one write to the done flags, not one per tile (1.7 ms each)
+            self.scratch.mark_row_done(r)
+        else:
+            for t in added:
+                self.scratch.mark_done(t.row, t.col)
 
 
 def ramp_weights(axis: list[AxisTile], i: int, margin: int, lo: int, hi: int) -> np.ndarray:

@@ -170,6 +170,9 @@ class BandView:
     def mark_done(self, r: int, c: int) -> None:
         self._scratch.mark_done(r, c)
 
+    def mark_row_done(self, r: int) -> None:
+        self._scratch.mark_row_done(r)
+
 
 class _Run:
     """A raster's reader, grid, inferer and scratch store on this worker, for the tasks of one run."""

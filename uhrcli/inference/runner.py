@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Any
 
 import numpy as np
@@ -16,13 +17,14 @@ class Runner:
     def __init__(self, device: torch.device, amp: bool = False, channels_last: bool = True):
         self.device, self.amp, self.channels_last = device, amp, channels_last
         self.bytes_in = 0  # bytes handed to the device (raw pixels, features read back from the host caches)
+        self._count = threading.Lock()  # tiles may run on two threads (uhrcli.engine.model_workers)
 
     def tensor(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
         """(C, H, W) or (B, C, H, W) float -> a batch on the device, channels-last when asked."""
         t = torch.as_tensor(x)
         if t.ndim == 3:
             t = t[None]
-        self.bytes_in += t.numel() * t.element_size()
+        self._counted(t)
         t = t.to(self.device, non_blocking=True)
         return t.contiguous(memory_format=torch.channels_last) if self.channels_last else t
 
@@ -33,7 +35,7 @@ class Runner:
         t = host = torch.from_numpy(np.ascontiguousarray(raw))
         if t.ndim == 3:
             t = t[None]
-        self.bytes_in += t.numel() * t.element_size()
+        self._counted(t)
         if self.device.type == "cuda":  # pinned, copied on a stream of its own: it overlaps the previous tile
             from . import side_stream
 
@@ -64,6 +66,10 @@ class Runner:
         elif raw.dtype != np.uint8:
             t.clamp_(0.0, 255.0)
         return t.sub_(self._band(pre.mean, c)).div_(self._band(pre.std, c))
+
+    def _counted(self, t: torch.Tensor) -> None:
+        with self._count:
+            self.bytes_in += t.numel() * t.element_size()
 
     def _band(self, values: Any, c: int) -> torch.Tensor:
         return torch.as_tensor(np.asarray(values, np.float32)[:c], device=self.device).view(1, c, 1, 1)
