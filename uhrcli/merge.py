@@ -12,6 +12,7 @@ blend weights each tile with a raised-cosine ramp across every seam between
 from __future__ import annotations
 
 import math
+import threading
 from typing import Callable, Optional
 
 import numpy as np
@@ -23,6 +24,31 @@ from .scratch import Scratch
 from .tiling import AxisTile, Tile, TileGrid, window_slices
 
 RowsOut = Callable[[int, int, np.ndarray, Optional[np.ndarray]], None]  # (r0, r1, classes, probs or None)
+
+
+def side_by_side(store: Callable[[], None], stream: Callable[[], None] | None) -> None:
+    """`store` (the scratch store's write of a band) on a thread of its own while `stream` (the outputs' write of
+    the same band) runs here: each compresses the band, and one after the other they held the writer thread
+    for both (with --probs they were 60% of it). Errors of either are raised once both are through."""
+    if stream is None:
+        store()
+        return
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            store()
+        except BaseException as exc:  # noqa: BLE001 - raised on the writer thread below
+            failed.append(exc)
+
+    th = threading.Thread(target=run, name="uhr-scratch", daemon=True)
+    th.start()
+    try:
+        stream()
+    finally:
+        th.join()
+    if failed:
+        raise failed[0]
 
 
 def to_uint8_probs(p: np.ndarray) -> np.ndarray:
@@ -113,17 +139,22 @@ class CropMerger:
             spans = [(0, self.grid.width)]
         else:  # a row partly done by an earlier run: leave its finished tiles alone
             spans = [(int(t.core.col_off), int(t.core.col_off + t.core.width)) for t in added]
-        for c0, c1 in spans:
-            self.scratch.classes[rows, c0:c1] = band["classes"][:, c0:c1]
-            if self.scratch.probs is not None:
-                self.scratch.probs[:, rows, c0:c1] = band["probs"][:, :, c0:c1]
-        if self.out is not None:
-            if len(spans) == 1 and spans[0] == (0, self.grid.width):
-                self.out(rows.start, rows.stop, band["classes"], band.get("probs"))
-            else:  # the band's other tiles are in the store
+
+        def store() -> None:
+            for c0, c1 in spans:
+                self.scratch.classes[rows, c0:c1] = band["classes"][:, c0:c1]
+                if self.scratch.probs is not None:
+                    self.scratch.probs[:, rows, c0:c1] = band["probs"][:, :, c0:c1]
+
+        out = self.out
+        if out is not None and len(spans) == 1 and spans[0] == (0, self.grid.width):
+            side_by_side(store, lambda: out(rows.start, rows.stop, band["classes"], band.get("probs")))
+        else:
+            store()
+            if out is not None:  # the band's other tiles are in the store
                 probs = self.scratch.probs
-                self.out(rows.start, rows.stop, np.asarray(self.scratch.classes[rows]),
-                         None if probs is None else np.asarray(probs[:, rows]))
+                out(rows.start, rows.stop, np.asarray(self.scratch.classes[rows]),
+                    None if probs is None else np.asarray(probs[:, rows]))
         if len(added) == len(self.grid.cols):  # one write to the done flags, not one per tile (1.7 ms each)
             self.scratch.mark_row_done(r)
         else:
@@ -361,11 +392,13 @@ class BlendMerger:
             probs = parts_p[0] if len(parts_p) == 1 else np.concatenate(parts_p, axis=1)
         assert classes.shape == (f1 - f0, W), (classes.shape, f0, f1)
         if f1 > f0:
-            self.scratch.classes[f0:f1] = classes
-            if probs is not None:
-                self.scratch.probs[:, f0:f1] = probs
-            if self.out is not None:
-                self.out(f0, f1, classes, probs)
+            def store() -> None:
+                self.scratch.classes[f0:f1] = classes
+                if probs is not None:
+                    self.scratch.probs[:, f0:f1] = probs
+
+            out = self.out
+            side_by_side(store, None if out is None else lambda: out(f0, f1, classes, probs))
         nxt = self._seams.get(r + 1)
         if nxt is not None:  # what this row gave the strip below, for a resumed run
             self.scratch.save_seam(r + 1, nxt.upper, nxt.valid)

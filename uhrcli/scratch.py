@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import zarr
+from zarr.codecs import ZstdCodec
 
 from .errors import OutputError, UsageError
 
@@ -134,12 +135,15 @@ class Scratch:
         # every chunk is written once and is rarely all fill: zarr's check for empty chunks scanned each one
         # (2.1 ms per MP, half the cost of writing the class map)
         cfg = {"write_empty_chunks": True}
-        g.create_array("classes", shape=(height, width), chunks=ch, dtype="uint8", fill_value=255, config=cfg)
+        # zstd at level 1, not zarr's default 3: probabilities compressed at 5.6 ms of CPU per MP and band
+        # against 12.1 (the store is 1% larger); below level 1 nothing is gained, uncompressed cost 6.2
+        zc = {"config": cfg, "compressors": [ZstdCodec(level=1)]}
+        g.create_array("classes", shape=(height, width), chunks=ch, dtype="uint8", fill_value=255, **zc)
         if probs:
             g.create_array("probs", shape=(num_classes, height, width), chunks=(1,) + ch, dtype="uint8", fill_value=0,
-                           config=cfg)
+                           **zc)
         if masked:
-            g.create_array("valid", shape=(height, width), chunks=ch, dtype="uint8", fill_value=1, config=cfg)
+            g.create_array("valid", shape=(height, width), chunks=ch, dtype="uint8", fill_value=1, **zc)
         g.create_array("done", shape=grid_shape, chunks=(1, grid_shape[1]), dtype="uint8", fill_value=0)
         g.attrs.update({"fingerprint": fingerprint, "finalized_rows": 0})
         return cls(path, g)

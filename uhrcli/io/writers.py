@@ -158,7 +158,8 @@ def strips(height: int, step: int = STRIP) -> Iterator[tuple[int, int]]:
 def geotiff_profile(height: int, width: int, count: int, dtype: str = "uint8", crs: Any = None, transform: Any = None,
                     nodata: int | None = None, compress: str = "deflate", block: int = 512,
                     predictor: int | None = 2) -> dict[str, Any]:
-    """Every GeoTIFF uhr writes: tiled (512), deflate at level 3, BigTIFF when needed.
+    """Every GeoTIFF uhr writes: tiled (512), deflate at level 3, BigTIFF when needed, blocks compressed on
+    GDAL's worker threads (the same bytes; a 144 MP two-band probability map in 0.75-0.80 s against 1.22 s).
 
     Level 3, not GDAL's 6: on a 36 MP class map it compressed 5x faster (5.5 against 26.8 ms per MP) for a
     file 6% larger. The horizontal predictor helps continuous values (probabilities, saliency) and hurts
@@ -168,7 +169,7 @@ def geotiff_profile(height: int, width: int, count: int, dtype: str = "uint8", c
     prof: dict[str, Any] = dict(
         driver="GTiff", width=width, height=height, count=count, dtype=dtype,
         tiled=True, blockxsize=block, blockysize=block, compress=compress,
-        bigtiff="YES" if big else "IF_SAFER", nodata=nodata,
+        bigtiff="YES" if big else "IF_SAFER", nodata=nodata, num_threads="ALL_CPUS",
     )
     if compress.lower() == "deflate":
         prof["zlevel"] = DEFLATE_LEVEL
