@@ -12,18 +12,18 @@ import queue
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
-import torch
 
 from .errors import InputError, UhrError, first_line
 from .io.gridreads import grid_reads
 from .io.readers import RasterReader
 from .io.scaling import Scaler, normalise
 from .inference import resolve
+from .inference.workers import cpu_workers, side_by_side
 from .merge import BlendMerger, CropMerger, RowsOut
 from .proc import trim_heap
 from .scratch import Scratch
@@ -173,14 +173,10 @@ def _writer_thread(merger, inq: queue.Queue, stats: EngineStats, errors: list, o
 
 
 def model_workers(predictor: Any, most: int = 2) -> int:
-    """How many batches run side by side: on a CPU, for inferers that allow it (`reentrant`), two, each with
-    half of torch's threads. One op's threads wait for each other at every barrier, so a decode or a write on
-    the same cores stalls both; tiles side by side stall only themselves. On 2 cores fcn-tiny ran 6-13% faster
-    as 2 x 1 thread than as 1 x 2 threads, with bit-identical outputs (the same kernels, one tile each)."""
-    run = getattr(predictor, "run", None)
-    if not getattr(predictor, "reentrant", False) or run is None or run.device.type != "cpu":
+    """Tiles side by side (uhrcli.inference.workers) for inferers that allow it (`reentrant`), on a CPU."""
+    if not getattr(predictor, "reentrant", False):
         return 1
-    return max(1, min(most, torch.get_num_threads()))
+    return cpu_workers(getattr(predictor, "run", None), most)
 
 
 def run_tiles(reader: RasterReader, grid: TileGrid, predictor, scratch: Scratch,
@@ -225,13 +221,8 @@ def run_tiles(reader: RasterReader, grid: TileGrid, predictor, scratch: Scratch,
     rt.start()
     wt.start()
     workers = model_workers(predictor)
-    threads = torch.get_num_threads()
-    pool: ThreadPoolExecutor | None = None
     inflight: deque[Callable[[], None]] = deque()  # hand-overs to the writer, in reading order
     lock = threading.Lock()
-    if workers > 1:
-        torch.set_num_threads(max(1, threads // workers))
-        pool = ThreadPoolExecutor(workers, thread_name_prefix="uhr-model")
     stats.extra["model_workers"] = workers
 
     def out_valid(item: TileData) -> np.ndarray | None:
@@ -273,43 +264,38 @@ def run_tiles(reader: RasterReader, grid: TileGrid, predictor, scratch: Scratch,
         while len(inflight) >= workers:  # at most `workers` batches in flight
             inflight.popleft()()
 
-    try:
-        batch: list[TileData] = []
-        while True:
-            item = readq.get()
-            if item is _STOP:
-                break
-            if isinstance(item, BaseException):
-                raise item
-            if errors:
-                raise errors[0]
-            if item.nodata:
-                if inflight:  # after the batches read before it
-                    inflight.append(lambda item=item: skip(item))
-                else:
-                    skip(item)
-                continue
-            if batch and (batch[0].key != item.key or len(batch) >= batch_size):
+    with side_by_side(workers) as pool:  # on leaving, batches already running finish; queued ones never start
+        try:
+            batch: list[TileData] = []
+            while True:
+                item = readq.get()
+                if item is _STOP:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                if errors:
+                    raise errors[0]
+                if item.nodata:
+                    if inflight:  # after the batches read before it
+                        inflight.append(lambda item=item: skip(item))
+                    else:
+                        skip(item)
+                    continue
+                if batch and (batch[0].key != item.key or len(batch) >= batch_size):
+                    flush(batch)
+                    batch = []
+                batch.append(item)
+            if batch:
                 flush(batch)
-                batch = []
-            batch.append(item)
-        if batch:
-            flush(batch)
-        while inflight:
-            inflight.popleft()()
-    except BaseException:
-        stop.set()
-        if pool is not None:  # batches already running finish; queued ones never start
-            pool.shutdown(wait=True, cancel_futures=True)
-        _drain(readq)
-        writeq.put(_STOP)
-        wt.join()
-        rt.join(timeout=5)
-        raise
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True)
-            torch.set_num_threads(threads)
+            while inflight:
+                inflight.popleft()()
+        except BaseException:
+            stop.set()
+            _drain(readq)
+            writeq.put(_STOP)
+            wt.join()
+            rt.join(timeout=5)
+            raise
     writeq.put(_STOP)
     wt.join()
     rt.join()
