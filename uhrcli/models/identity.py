@@ -25,12 +25,16 @@ class Identity(nn.Module):
             raise ValueError(f"task must be segment or saliency, got {task!r}")
         k = 1 if task == "saliency" else 2
         names = ("salient",) if k == 1 else default_class_names(k)
+        self.register_buffer("_signs", torch.tensor([-1.0, 1.0]).view(1, 2, 1, 1), persistent=False)
         self.info = ModelInfo(name="identity", task=task, num_classes=k, class_names=names,
                               palette=default_palette(k), in_channels=in_chans, receptive_field=0, size_multiple=1)
 
     def forward_logits(self, x: torch.Tensor) -> torch.Tensor:
         b = x[:, :1]
-        return b if self.info.num_classes == 1 else torch.cat([-b, b], 1)
+        if self.info.num_classes == 1:
+            return b
+        # (-b, b) in one pass (x -1 is negation, exactly): a cat of -b and b wrote the logits twice
+        return b * self._signs.to(b.device, b.dtype)
 
     @staticmethod
     def logit_size(height: int, width: int) -> tuple[int, int]:
