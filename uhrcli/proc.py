@@ -25,7 +25,8 @@ def peak_rss_mb() -> float:
 
 
 _libc: object | None = None
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameters
+M_ARENA_MAX = -8
 
 
 def _glibc():
@@ -81,3 +82,12 @@ def bound_heap(mmap_threshold: int = 4 << 20) -> None:
     if lib:
         lib.mallopt(M_MMAP_THRESHOLD, int(mmap_threshold))
         _bounded = True
+
+
+def limit_arenas(n: int = 2) -> None:
+    """At most `n` malloc arenas for the threads of this process (glibc gives each thread its own, up to 8 per
+    core). The reader, writer, scratch and model threads each kept freed tile buffers in an arena of their own:
+    identity on a 1 GP raster peaked at 953 MB with glibc's default, 895 MB with two arenas, as fast."""
+    lib = _glibc()
+    if lib:
+        lib.mallopt(M_ARENA_MAX, int(n))

@@ -19,7 +19,7 @@ from .engine import EngineStats, Preprocess, run_tiles
 from .inference.compile import auto_batch_size, compile_model
 from .merge import merge_margin
 from .batch import BatchReport, Job, check_existing, run_batch
-from .proc import bound_heap, peak_rss_mb
+from .proc import bound_heap, limit_arenas, peak_rss_mb
 from .progress import ReportReads, segment_plan
 from .errors import InputError, OutputError, UsageError
 from .io.inputs import expand_inputs, is_zarr_store
@@ -342,6 +342,7 @@ def _segment_locked(src: Path, target: Path, fmt: str, outputs: list[Path], ppat
     grid = None
     try:
         _check_bands(reader, info)
+        limit_arenas()
         if reader.height * reader.width > BOUND_HEAP_PIXELS and kind_of(net) in BOUND_HEAP_KINDS:
             bound_heap()  # RSS stays flat over thousands of tiles (see uhrcli.proc)
         scaler, note = choose_scaler(reader, opts.stretch, opts.scaling_record)
