@@ -140,17 +140,23 @@ def prefetch_tiles(reader: RasterReader, tiles: list[Tile], depth: int = 2) -> I
                           daemon=True, name="uhr-prefetch")
     th.start()
     try:
-        while True:
-            item = q.get()
-            if item is _STOP:
-                return
-            if isinstance(item, BaseException):
-                raise item
+        for item in _received(q):
             yield item.tile, item.x, item.valid
     finally:
         stop.set()
         _drain(q)
         th.join(timeout=5)
+
+
+def _received(q: queue.Queue) -> Iterator[TileData]:
+    """What the reader thread hands over, in order, until it is through; its errors are raised here."""
+    while True:
+        item = q.get()
+        if item is _STOP:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item
 
 
 def _writer_thread(merger, inq: queue.Queue, stats: EngineStats, errors: list, on_tile: Callable[[Tile], None]) -> None:
@@ -267,12 +273,7 @@ def run_tiles(reader: RasterReader, grid: TileGrid, predictor, scratch: Scratch,
     with side_by_side(workers) as pool:  # on leaving, batches already running finish; queued ones never start
         try:
             batch: list[TileData] = []
-            while True:
-                item = readq.get()
-                if item is _STOP:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
+            for item in _received(readq):
                 if errors:
                     raise errors[0]
                 if item.nodata:

@@ -158,7 +158,8 @@ def kind_of(model: torch.nn.Module) -> str:
 
 def make_inferer(model: torch.nn.Module, device: torch.device, options: InferOptions | None = None) -> Inferer:
     opts = options or InferOptions()
-    runner = Runner(device, amp=opts.amp, channels_last=opts.channels_last)
+    # channels-last is for convolutions; a model without any (identity) says so and keeps (N, C, H, W)
+    runner = Runner(device, amp=opts.amp, channels_last=opts.channels_last and getattr(model, "channels_last", True))
     kind = kind_of(model)
     if opts.border != "clip" and kind in ("bipath", "deep"):
         from ..errors import UsageError

@@ -18,6 +18,7 @@ from .registry import register_model
 
 class Identity(nn.Module):
     logit_stride = 1
+    channels_last = False  # no convolutions to feed: normalised pixels stay (N, C, H, W), as read
 
     def __init__(self, in_chans: int = 3, task: str = "segment"):
         super().__init__()
