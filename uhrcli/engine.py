@@ -23,7 +23,7 @@ from .io.gridreads import grid_reads
 from .io.readers import RasterReader
 from .io.scaling import Scaler, normalise
 from .inference import resolve
-from .inference.workers import cpu_workers, side_by_side
+from .inference.workers import model_workers, side_by_side
 from .merge import BlendMerger, CropMerger, RowsOut
 from .proc import trim_heap
 from .scratch import Scratch
@@ -176,13 +176,6 @@ def _writer_thread(merger, inq: queue.Queue, stats: EngineStats, errors: list, o
             while inq.get() is not _STOP:
                 pass
             return
-
-
-def model_workers(predictor: Any, most: int = 2) -> int:
-    """Tiles side by side (uhrcli.inference.workers) for inferers that allow it (`reentrant`), on a CPU."""
-    if not getattr(predictor, "reentrant", False):
-        return 1
-    return cpu_workers(getattr(predictor, "run", None), most)
 
 
 def run_tiles(reader: RasterReader, grid: TileGrid, predictor, scratch: Scratch,

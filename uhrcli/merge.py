@@ -26,7 +26,7 @@ from .tiling import AxisTile, Tile, TileGrid, window_slices
 RowsOut = Callable[[int, int, np.ndarray, Optional[np.ndarray]], None]  # (r0, r1, classes, probs or None)
 
 
-def side_by_side(store: Callable[[], None], stream: Callable[[], None] | None) -> None:
+def store_beside_stream(store: Callable[[], None], stream: Callable[[], None] | None) -> None:
     """`store` (the scratch store's write of a band) on a thread of its own while `stream` (the outputs' write of
     the same band) runs here: each compresses the band, and one after the other they held the writer thread
     for both (with --probs they were 60% of it). Errors of either are raised once both are through."""
@@ -148,7 +148,7 @@ class CropMerger:
 
         out = self.out
         if out is not None and len(spans) == 1 and spans[0] == (0, self.grid.width):
-            side_by_side(store, lambda: out(rows.start, rows.stop, band["classes"], band.get("probs")))
+            store_beside_stream(store, lambda: out(rows.start, rows.stop, band["classes"], band.get("probs")))
         else:
             store()
             if out is not None:  # the band's other tiles are in the store
@@ -398,7 +398,7 @@ class BlendMerger:
                     self.scratch.probs[:, f0:f1] = probs
 
             out = self.out
-            side_by_side(store, None if out is None else lambda: out(f0, f1, classes, probs))
+            store_beside_stream(store, None if out is None else lambda: out(f0, f1, classes, probs))
         nxt = self._seams.get(r + 1)
         if nxt is not None:  # what this row gave the strip below, for a resumed run
             self.scratch.save_seam(r + 1, nxt.upper, nxt.valid)

@@ -24,7 +24,7 @@ from .runner import Runner
 
 class LocalInferer:
     phases = (("tiles", 1.0),)  # the one phase it reports (see uhrcli.progress)
-    reentrant = True  # tiles are independent: the engine may run two at once (uhrcli.engine.model_workers)
+    reentrant = True  # tiles are independent: the engine may run two at once (uhrcli.inference.workers.model_workers)
 
     def __init__(self, model: torch.nn.Module, runner: Runner, options: InferOptions, use_logits: bool = True):
         self.model = runner.prepare_model(model)

@@ -17,7 +17,7 @@ class Runner:
     def __init__(self, device: torch.device, amp: bool = False, channels_last: bool = True):
         self.device, self.amp, self.channels_last = device, amp, channels_last
         self.bytes_in = 0  # bytes handed to the device (raw pixels, features read back from the host caches)
-        self._count = threading.Lock()  # tiles may run on two threads (uhrcli.engine.model_workers)
+        self._count = threading.Lock()  # tiles may run on two threads (uhrcli.inference.workers.model_workers)
 
     def tensor(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
         """(C, H, W) or (B, C, H, W) float -> a batch on the device, channels-last when asked."""

@@ -17,9 +17,10 @@ from typing import Any, Iterator
 import torch
 
 
-def cpu_workers(run: Any, most: int = 2) -> int:
-    """How many tiles run side by side for an inferer whose Runner is `run`."""
-    if run is None or run.device.type != "cpu":
+def model_workers(predictor: Any, most: int = 2) -> int:
+    """How many tiles run side by side: on a CPU, for inferers that allow it (`reentrant`), up to `most`."""
+    run = getattr(predictor, "run", None)
+    if not getattr(predictor, "reentrant", False) or run is None or run.device.type != "cpu":
         return 1
     return max(1, min(most, torch.get_num_threads()))
 

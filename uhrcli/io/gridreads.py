@@ -57,7 +57,6 @@ class GridReads(RasterReader):
         widest = max((s[1] - n for s, n in self._next.items()), default=0) + self.block_h
         self.enabled = widest * self.width * itemsize <= KEEP_BUDGET
         self._kept: dict[str, dict[tuple[int, int], tuple[int, np.ndarray]]] = {"data": {}, "mask": {}}
-        self.rows_read = 0  # rows x columns fetched from the file, for tests and reports
 
     def _read_block(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
         return self._cached("data", self.inner._read_block, r0, r1, c0, c1)
@@ -69,7 +68,6 @@ class GridReads(RasterReader):
                 c1: int) -> Any:
         nxt = self._next.get((r0, r1))
         if not self.enabled or (r0, r1) not in self._spans:
-            self.rows_read += (r1 - r0) * (c1 - c0)
             return fetch(r0, r1, c0, c1)
         span = (0, self.width) if self.full_width else (c0, c1)
         kept = self._kept[kind]
@@ -119,7 +117,6 @@ class GridReads(RasterReader):
             if new is None:
                 self._band.pop(kind, None)
                 return None
-            self.rows_read += (r1 - r0) * (stop - start)
             parts.append(new)
         whole = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
         nxt = self._next_col.get((c0, c1))
