@@ -11,6 +11,7 @@ the whole raster: the result stays equal to the whole-image forward, at the cost
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
@@ -20,14 +21,16 @@ from .layers import resize
 UNBOUNDED = 1 << 30  # a reach no raster reaches: a deep view tile's read window is the whole view
 
 
-class WholeImageModel:
-    """Mixin: subclasses define `logits_low(x)` (logits at 1/`logit_stride`, ceil-sized) and `losses`."""
+class WholeImageModel(ABC):
+    """Mixin: subclasses define `logits_low(x)` (logits at 1/`logit_stride`, ceil-sized) and `losses`; one without
+    `logits_low` cannot be built."""
 
     down_ratio = 1
     logit_stride = 8
 
-    def logits_low(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def logits_low(self, x: torch.Tensor) -> torch.Tensor:
+        """The whole network: (B, 3, H, W) normalised -> logits at 1/`logit_stride`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Whole-image inference: (B, 3, H, W) normalised -> logits (B, K, H, W)."""
